@@ -208,6 +208,13 @@ def test_extended_le_gets_whole_response(card: Card) -> None:
     assert sw(resp) == 0x6100 and len(resp) == 258
 
 
+def test_largest_response_fits_a_vpcd_frame(card: Card) -> None:
+    card.transmit(select(ECHO_AID))
+    resp = card.transmit(h("0002FFFF 000000"))
+    assert len(resp) == 0xFFFF and sw(resp) == 0x6102  # 65533 bytes, 2 left
+    assert card.transmit(h("00C0000000")) == h("FDFE 9000")
+
+
 def test_other_command_discards_pending(card: Card) -> None:
     card.transmit(select(ECHO_AID))
     assert sw(card.transmit(h("0002030000"))) == 0x6100

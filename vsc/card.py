@@ -82,6 +82,7 @@ class Card:
         default: Applet[Any] | None = None,
         max_channels: int = 20,
         max_command: int = 0x10000,
+        max_response: int = 0xFFFD,
     ) -> None:
         if not 2 <= len(atr) <= 33:
             raise ValueError(f"an ATR has 2 to 33 bytes, not {len(atr)}")
@@ -92,6 +93,9 @@ class Card:
         self._default: Applet[Any] | None = None
         self._max_channels = max_channels
         self._max_command = max_command
+        # vpcd (and PC/SC buffers) carry at most 65535 bytes including the
+        # status word, so an extended Le of 0000 gets 65533 bytes per piece.
+        self._max_response = max_response
         self._channels: dict[int, _Channel] = {}
         self._powered = False
         for applet in applets:
@@ -241,6 +245,7 @@ class Card:
         return self._size(channel, data, sw, cmd.ne, secret)
 
     def _size(self, channel: _Channel, data: bytes, sw: int, ne: int, secret: bool) -> bytes:
+        ne = min(ne, self._max_response)
         if len(data) <= ne:
             return data + _OK if sw == SW.OK else response(data, sw)
         channel.pending = data[ne:]

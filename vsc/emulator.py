@@ -1,0 +1,539 @@
+"""The vpcd front-end: ``python -m vsc.emulator`` serves virtual cards to pcscd.
+
+vsmartcard's vpcd reader driver (loaded by pcscd) and this process talk over
+TCP with the framing of :mod:`vsc.vpcd`; this module is only the socket loop
+around that codec and a :class:`vsc.card.Card`. The flags follow vsmartcard's
+``vicc`` (``-H``, ``-P``, ``-R``, ``-v``) plus ``--card`` and ``--slots``.
+
+Design:
+
+* One thread per slot. ``Card.transmit`` is synchronous and may be slow (RSA
+  key generation takes seconds); with one thread per slot a slow APDU on one
+  card does not stall the others (CPython switches threads every 5 ms, and
+  ``cryptography`` releases the GIL in its heavy operations). A card is only
+  ever touched by its own slot's thread, so cards need no locking.
+* Each slot thread waits in a selector on its socket and on a shared wake-up
+  pipe, so :meth:`Emulator.stop` (called from the SIGINT/SIGTERM handler)
+  ends every wait at once, without polling.
+* Normal mode connects to vpcd and reconnects with exponential backoff
+  (0.1 s doubling to 2 s) while vpcd is absent; after a connection that did
+  useful work the backoff starts over, so a pcscd restart costs ~0.1 s.
+  Reversed mode (``-R``) listens and accepts vpcd's connections instead.
+* The card outlives connections: its persistent state is kept across
+  reconnects, and a dropped connection powers it off (vpcd treats a lost
+  connection as card removal, so volatile security state must go too).
+* The 44 ms stall: vpcd writes the length and the APDU separately with Nagle
+  on, so the card side sets TCP_QUICKACK after every ``recv`` (Linux) and
+  TCP_NODELAY for its own answers.
+* Robustness: every command gets an answer and no answer is ever empty (both
+  would wedge vpcd). A peer that breaks the framing, or stops sending in the
+  middle of a frame for ``--frame-timeout`` seconds, is dropped and the slot
+  reconnects; an exception while handling a frame is logged and never ends
+  the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Final
+
+from applets.echo import EchoApplet
+
+from . import trace
+from .card import Card
+from .vpcd import (
+    NEED_DATA,
+    Command,
+    ConnectionClosed,
+    Event,
+    GetAtr,
+    RemoteProtocolError,
+    VpcdConnection,
+    respond,
+)
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Backoff", "Emulator", "default_card", "main"]
+
+# Not __name__: run with -m, that is "__main__".
+log = logging.getLogger("vsc.emulator")
+
+DEFAULT_HOST: Final = "localhost"
+#: vpcd's default port (0x8C7B); a reader entry's second reader is on port + 1.
+DEFAULT_PORT: Final = 35963
+DEFAULT_FRAME_TIMEOUT: Final = 5.0
+_CONNECT_TIMEOUT: Final = 5.0
+_JOIN_TIMEOUT: Final = 10.0
+_RECV_SIZE: Final = 0x10000 + 2
+_SW_UNKNOWN: Final = b"\x6f\x00"
+
+
+def default_card() -> Card:
+    """A factory-default card: the applets a fresh emulator offers."""
+    card = Card()
+    card.register(EchoApplet())
+    return card
+
+
+def open_card(spec: str) -> Card:
+    """The card named by ``--card PATH|NAME``.
+
+    Persistent storage is not implemented yet: the card is a factory-default
+    one that lives in this process's memory (its state survives vpcd
+    reconnects, not a restart of the emulator).
+    """
+    log.info("card %r: kept in memory only (persistent storage not implemented yet)", spec)
+    return default_card()
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect delays: ``initial`` seconds, doubling up to ``cap``."""
+
+    initial: float = 0.1
+    cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.cap:
+            raise ValueError("need 0 < initial <= cap")
+
+
+class _Drop(Exception):
+    """End this connection (the slot then reconnects)."""
+
+
+def _set_quickack(sock: socket.socket) -> None:
+    # Linux clears QUICKACK again after a while, hence after every recv.
+    if hasattr(socket, "TCP_QUICKACK"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+
+def _tune(sock: socket.socket, timeout: float) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _set_quickack(sock)
+    # Bounds sendall() to a peer that stopped reading; reads go through the selector.
+    sock.settimeout(timeout)
+
+
+class _Slot:
+    """One card on one port, served by its own thread."""
+
+    def __init__(self, owner: Emulator, index: int, card: Card, port: int) -> None:
+        self.owner = owner
+        self.index = index
+        self.card = card
+        self.port = port
+        self.listener: socket.socket | None = None
+        self.thread = threading.Thread(target=self._run, name=f"vsc-slot-{index}", daemon=True)
+
+    @property
+    def name(self) -> str:
+        return f"slot {self.index} (port {self.port})"
+
+    def listen(self) -> None:
+        self.listener = socket.create_server((self.owner.host, self.port), backlog=4)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        log.info("%s: listening on %s", self.name, self.owner.host)
+
+    # -- the loop ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        owner = self.owner
+        delay = owner.backoff.initial
+        while not owner.stopping:
+            sock = self._open()
+            if sock is not None and (self._session(sock) or self.listener is not None):
+                delay = owner.backoff.initial
+                continue
+            # vpcd is not there, or hung up without a word: back off before trying again.
+            if owner.wait_stop(delay):
+                break
+            delay = min(delay * 2, owner.backoff.cap)
+        log.debug("%s: stopped", self.name)
+
+    def _open(self) -> socket.socket | None:
+        try:
+            return self._accept() if self.listener is not None else self._connect()
+        except Exception:
+            log.exception("%s: cannot open a connection", self.name)
+            return None
+
+    def _session(self, sock: socket.socket) -> bool:
+        """Serve one connection; whether any frame was handled."""
+        handled = 0
+        try:
+            handled = self._serve(sock)
+        except _Drop as exc:
+            log.warning("%s: dropping the connection: %s", self.name, exc)
+        except Exception:
+            log.exception("%s: connection failed", self.name)
+        finally:
+            sock.close()
+            self._power_off()
+        return handled > 0
+
+    def _power_off(self) -> None:
+        try:
+            self.card.power_off()
+        except Exception:
+            log.exception("%s: power off failed", self.name)
+
+    def _connect(self) -> socket.socket | None:
+        """Connect to vpcd; None when it is not there (yet) or we are stopping."""
+        host, port = self.owner.host, self.port
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            log.warning("%s: cannot resolve %s: %s", self.name, host, exc)
+            return None
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            err = sock.connect_ex(address)
+            if err == errno.EINPROGRESS and self.owner.wait_ready(
+                sock, selectors.EVENT_WRITE, _CONNECT_TIMEOUT
+            ):
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            elif err == errno.EINPROGRESS:
+                err = errno.ETIMEDOUT
+            if err == 0:
+                log.info("%s: connected to vpcd at %s", self.name, address[0])
+                return sock
+            sock.close()
+            if self.owner.stopping:
+                return None
+            log.debug("%s: connect to %s: %s", self.name, address[0], os.strerror(err))
+        return None
+
+    def _accept(self) -> socket.socket | None:
+        """Accept vpcd's connection (reversed mode); None when stopping."""
+        assert self.listener is not None
+        if not self.owner.wait_ready(self.listener, selectors.EVENT_READ, None):
+            return None
+        try:
+            sock, peer = self.listener.accept()
+        except BlockingIOError:
+            return None  # someone else's connection vanished; wait again
+        sock.setblocking(False)
+        log.info("%s: vpcd connected from %s", self.name, peer[0])
+        return sock
+
+    def _serve(self, sock: socket.socket) -> int:
+        """Run one connection until it ends; returns the number of frames handled."""
+        owner = self.owner
+        _tune(sock, owner.frame_timeout)
+        with owner.selector(sock, selectors.EVENT_READ) as selector:
+            return self._exchange(sock, selector)
+
+    def _exchange(self, sock: socket.socket, selector: selectors.BaseSelector) -> int:
+        owner = self.owner
+        conn = VpcdConnection()
+        handled = 0
+        while True:
+            timeout = owner.frame_timeout if conn.in_frame else None
+            if not owner.ready(sock, selector, timeout):
+                if not owner.stopping:
+                    log.warning("%s: peer stalled inside a frame; dropping it", self.name)
+                return handled
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except OSError as exc:
+                log.info("%s: connection lost: %s", self.name, exc)
+                return handled
+            _set_quickack(sock)
+            conn.receive_data(data)
+            while True:
+                try:
+                    event = conn.next_event()
+                except RemoteProtocolError as exc:
+                    log.warning("%s: protocol error, dropping the connection: %s", self.name, exc)
+                    return handled
+                if event is NEED_DATA:
+                    break
+                if isinstance(event, ConnectionClosed):
+                    log.info("%s: vpcd closed the connection", self.name)
+                    return handled
+                handled += 1
+                answer = self._answer(event)
+                if answer is not None:
+                    try:
+                        sock.sendall(conn.send(answer))
+                    except OSError as exc:
+                        log.info("%s: connection lost while answering: %s", self.name, exc)
+                        return handled
+
+    def _answer(self, event: Event) -> bytes | None:
+        try:
+            return respond(self.card, event)
+        except Exception:
+            log.exception("%s: error handling %r", self.name, event)
+        # vpcd blocks until a command or GET ATR is answered: never leave it waiting.
+        if isinstance(event, Command):
+            return _SW_UNKNOWN
+        if isinstance(event, GetAtr):
+            raise _Drop("no ATR to answer with")
+        return None
+
+
+class Emulator:
+    """Serves ``cards[i]`` on port ``port + i``, one thread per card.
+
+    ``start()`` binds the listening sockets of reversed mode (so a busy port
+    fails there, with OSError) and starts the threads; ``stop()`` may be
+    called from a signal handler; ``join()`` waits for the threads.
+    """
+
+    def __init__(
+        self,
+        cards: Sequence[Card],
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        reversed: bool = False,
+        frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not cards:
+            raise ValueError("need at least one card")
+        if len({id(card) for card in cards}) != len(cards):
+            raise ValueError("a card can serve one slot only (cards are not thread-safe)")
+        if frame_timeout <= 0:
+            raise ValueError("frame_timeout must be positive")
+        self.host = host
+        self.reversed = reversed
+        self.frame_timeout = frame_timeout
+        self.backoff = backoff or Backoff()
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._slots = [
+            _Slot(self, i, card, port + i if port else 0) for i, card in enumerate(cards)
+        ]
+
+    @property
+    def ports(self) -> list[int]:
+        """The slots' ports (in reversed mode, the bound ones)."""
+        return [slot.port for slot in self._slots]
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        try:
+            if self.reversed:
+                for slot in self._slots:
+                    slot.listen()
+        except OSError:
+            self.close()
+            raise
+        for slot in self._slots:
+            slot.thread.start()
+
+    def stop(self) -> None:
+        """Ask every slot to finish. Idempotent; safe in a signal handler."""
+        self._stop.set()
+        # OSError: closed already, or the pipe is full (a wake-up is pending anyway).
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called."""
+        self._stop.wait()
+
+    def join(self, timeout: float = _JOIN_TIMEOUT) -> bool:
+        """Wait for the slot threads to end; whether they all did."""
+        for slot in self._slots:
+            if slot.thread.is_alive():
+                slot.thread.join(timeout)
+        alive = [slot.name for slot in self._slots if slot.thread.is_alive()]
+        if alive:
+            log.error("threads did not stop: %s", ", ".join(alive))
+        return not alive
+
+    def close(self) -> None:
+        """Release the listening sockets and the wake-up pipe (after join)."""
+        for slot in self._slots:
+            if slot.listener is not None:
+                slot.listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> Emulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.join()
+        self.close()
+
+    # -- waiting, shared by the slots --------------------------------------------
+
+    def wait_stop(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; whether we are stopping."""
+        return self._stop.wait(seconds)
+
+    def selector(self, sock: socket.socket, events: int) -> selectors.BaseSelector:
+        """A selector watching ``sock`` for ``events`` and the wake-up pipe."""
+        selector = selectors.DefaultSelector()
+        selector.register(sock, events)
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        return selector
+
+    def ready(
+        self, sock: socket.socket, selector: selectors.BaseSelector, timeout: float | None
+    ) -> bool:
+        """Wait until ``sock`` is ready; False on timeout or when stopping."""
+        ready = selector.select(timeout)
+        if self._stop.is_set():
+            return False
+        return any(key.fileobj is sock for key, _ in ready)
+
+    def wait_ready(self, sock: socket.socket, events: int, timeout: float | None) -> bool:
+        """One-off :meth:`ready` (connect and accept)."""
+        with self.selector(sock, events) as selector:
+            return self.ready(sock, selector, timeout)
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vsc.emulator",
+        description="Serve virtual smart cards to pcscd through vsmartcard's vpcd driver.",
+        epilog=(
+            "Persistent cards are not implemented yet: a --card lives in this process's "
+            "memory; its state survives vpcd reconnects but not a restart of the emulator."
+        ),
+    )
+    parser.add_argument(
+        "-H", "--host", default=DEFAULT_HOST, help="vpcd's host (-R: the address to listen on)"
+    )
+    parser.add_argument(
+        "-P", "--port", type=int, default=DEFAULT_PORT, help=f"vpcd's port (default {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "-R",
+        "--reversed",
+        action="store_true",
+        help="listen on host:port and let vpcd connect to the card",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: log connections (INFO); -vv: also trace every APDU",
+    )
+    parser.add_argument(
+        "--card",
+        action="append",
+        default=[],
+        metavar="PATH|NAME",
+        help=(
+            "a named card, one per slot in order (repeatable); kept in memory only until "
+            "persistent storage lands. Slots without one get an ephemeral factory-default card"
+        ),
+    )
+    parser.add_argument(
+        "--slots",
+        type=int,
+        metavar="N",
+        help="serve N cards on ports P .. P+N-1 (a vpcd entry has 2 readers: P and P+1); "
+        "default: the number of --card options, at least 1",
+    )
+    parser.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=DEFAULT_FRAME_TIMEOUT,
+        metavar="SECONDS",
+        help="drop a peer that stops sending inside a frame (default %(default)s)",
+    )
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    slots: int = args.slots if args.slots is not None else max(1, len(args.card))
+    if slots < 1:
+        parser.error("--slots must be at least 1")
+    if slots < len(args.card):
+        parser.error(f"{len(args.card)} cards do not fit in {slots} slots")
+    if len(set(args.card)) != len(args.card):
+        parser.error("the same --card twice: a card can be in one reader only")
+    lowest = 0 if args.reversed else 1
+    if not lowest <= args.port or args.port + slots - 1 > 0xFFFF:
+        parser.error("ports out of range")
+    if args.frame_timeout <= 0:
+        parser.error("--frame-timeout must be positive")
+    return slots
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    slots = _check(parser, args)
+    level = (logging.WARNING, logging.INFO)[args.verbose] if args.verbose < 2 else trace.TRACE
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # The handlers go in first, so a signal during card setup or right after start
+    # still ends in a clean exit rather than a traceback or death by signal.
+    emulator: Emulator | None = None
+    stop_requested = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop_requested = True
+        if emulator is not None:
+            emulator.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cards = [open_card(spec) for spec in args.card]
+        cards += [default_card() for _ in range(slots - len(cards))]
+        emulator = Emulator(
+            cards,
+            host=args.host,
+            port=args.port,
+            reversed=args.reversed,
+            frame_timeout=args.frame_timeout,
+        )
+        if stop_requested:
+            emulator.stop()
+        try:
+            emulator.start()
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+            return 1
+        if args.reversed:
+            log.info("listening on ports %s", ", ".join(map(str, emulator.ports)))
+        emulator.wait()
+        return 0 if emulator.join() else 1
+    finally:
+        if emulator is not None:
+            emulator.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
