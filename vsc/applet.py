@@ -65,7 +65,7 @@ class Applet(Generic[S]):
     #: 0 means the full AID only.
     min_aid_prefix: ClassVar[int] = 0
     #: INS bytes whose command and response data are secrets (PINs, keys):
-    #: the APDU trace masks them.
+    #: the APDU trace masks them (see :meth:`is_secret`).
     secret_ins: ClassVar[frozenset[int]] = frozenset()
     #: Whether CLA bytes 80-FE reach the handlers (else ``6E00``).
     accepts_proprietary_cla: ClassVar[bool] = False
@@ -86,6 +86,14 @@ class Applet(Generic[S]):
         if aid == self.aid:
             return True
         return 0 < self.min_aid_prefix <= len(aid) < len(self.aid) and self.aid.startswith(aid)
+
+    def is_secret(self, apdu: CommandApdu) -> bool:
+        """Whether the trace must mask this command's data and its response.
+
+        Called for every chunk of a chained command; decide from the header
+        where possible. The default masks the INS bytes in :attr:`secret_ins`.
+        """
+        return apdu.ins in self.secret_ins
 
     def new_session(self) -> S:
         """Fresh volatile state for one logical channel."""

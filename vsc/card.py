@@ -169,7 +169,7 @@ class Card:
             if channel is None:
                 raise ApduError(SW.LOGICAL_CHANNEL_NOT_SUPPORTED, f"channel {channel_no} not open")
             applet = channel.applet
-            secret = applet is not None and cmd.ins in applet.secret_ins
+            secret = applet is not None and applet.is_secret(cmd)
             if cla.proprietary and (applet is None or not applet.accepts_proprietary_cla):
                 raise ApduError(SW.CLASS_NOT_SUPPORTED, f"proprietary CLA {cmd.cla:02X}")
             result = self._process(channel, cmd, cla.chaining, secret)

@@ -50,6 +50,7 @@ from types import FrameType
 from typing import Final
 
 from applets.echo import EchoApplet
+from applets.piv import PivApplet
 
 from . import trace
 from .card import Card
@@ -82,6 +83,7 @@ _SW_UNKNOWN: Final = b"\x6f\x00"
 def default_card() -> Card:
     """A factory-default card: the applets a fresh emulator offers."""
     card = Card()
+    card.register(PivApplet(), default=True)
     card.register(EchoApplet())
     return card
 

@@ -1,0 +1,259 @@
+"""The PIV card's persistent data: PIN, PUK, counters, management key, objects.
+
+Theory of operation
+-------------------
+Everything a real card keeps in EEPROM lives in one immutable
+:class:`PivRecord`. :class:`PivData` holds the current record and changes it
+only through its methods; each method builds the next record, hands it to
+the :class:`PivStore` (``save`` is the commit point) and adopts it only once
+``save`` returned. A store that writes durably (issue 4) therefore makes
+every change crash-safe, including the retry counter, which the applet
+decrements *before* it compares a PIN: pulling the power during a guess
+still costs the try. If ``save`` raises, the data stays as it was.
+
+Private keys are not here: they belong to the :class:`~applets.piv.keys.KeyStore`.
+Volatile security state (PIN verified, ...) is per-channel, in
+:mod:`applets.piv.security`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from .keys import TouchPolicy
+from .mgmt import FACTORY_MANAGEMENT_KEY, ManagementKey, ManagementKeyType
+from .objects import ObjectId
+
+#: PIN and PUK blocks: ASCII right-padded with FF to 8 bytes.
+PIN_BLOCK_SIZE = 8
+DEFAULT_PIN = b"123456\xff\xff"
+DEFAULT_PUK = b"12345678"
+DEFAULT_TRIES = 3
+
+
+class Reference(IntEnum):
+    """Key references of the two secrets VERIFY/CHANGE/RESET RETRY name in P2."""
+
+    PIN = 0x80
+    PUK = 0x81
+
+
+_DEFAULT_SECRET = {Reference.PIN: DEFAULT_PIN, Reference.PUK: DEFAULT_PUK}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCounter:
+    maximum: int
+    remaining: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.remaining <= self.maximum <= 255:
+            raise ValueError(f"bad retry counter {self.remaining}/{self.maximum}")
+
+
+@dataclass(frozen=True, slots=True)
+class PivRecord:
+    """One consistent snapshot of the card's persistent data."""
+
+    serial: int
+    pin: bytes = field(repr=False)
+    pin_tries: RetryCounter
+    puk: bytes = field(repr=False)
+    puk_tries: RetryCounter
+    management_key: ManagementKey
+    objects: Mapping[int, bytes]
+
+    @classmethod
+    def factory(cls, serial: int) -> PivRecord:
+        """A card fresh from the factory (PIN 123456, PUK 12345678, 3 tries)."""
+        tries = RetryCounter(DEFAULT_TRIES, DEFAULT_TRIES)
+        return cls(
+            serial, DEFAULT_PIN, tries, DEFAULT_PUK, tries, FACTORY_MANAGEMENT_KEY, _frozen({})
+        )
+
+    def secret(self, ref: Reference) -> bytes:
+        return self.pin if ref is Reference.PIN else self.puk
+
+    def tries(self, ref: Reference) -> RetryCounter:
+        return self.pin_tries if ref is Reference.PIN else self.puk_tries
+
+    def with_secret(
+        self, ref: Reference, value: bytes | None = None, tries: RetryCounter | None = None
+    ) -> PivRecord:
+        """A copy with the PIN or PUK value and/or counter replaced."""
+        value = self.secret(ref) if value is None else value
+        tries = self.tries(ref) if tries is None else tries
+        if ref is Reference.PIN:
+            return replace(self, pin=value, pin_tries=tries)
+        return replace(self, puk=value, puk_tries=tries)
+
+    # -- serialisation (for persistent stores) ------------------------------------
+
+    def to_json(self) -> str:
+        mk = self.management_key
+        return json.dumps(
+            {
+                "serial": self.serial,
+                "pin": self.pin.hex(),
+                "pin_tries": [self.pin_tries.maximum, self.pin_tries.remaining],
+                "puk": self.puk.hex(),
+                "puk_tries": [self.puk_tries.maximum, self.puk_tries.remaining],
+                "management_key": [int(mk.key_type), mk.key.hex(), int(mk.touch_policy)],
+                "objects": {f"{tag:X}": value.hex() for tag, value in self.objects.items()},
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PivRecord:
+        """Inverse of :meth:`to_json`; ``ValueError`` on anything malformed."""
+        try:
+            d: dict[str, Any] = json.loads(text)
+            mk_type, mk_key, mk_touch = d["management_key"]
+            return cls(
+                serial=int(d["serial"]),
+                pin=bytes.fromhex(d["pin"]),
+                pin_tries=RetryCounter(*map(int, d["pin_tries"])),
+                puk=bytes.fromhex(d["puk"]),
+                puk_tries=RetryCounter(*map(int, d["puk_tries"])),
+                management_key=ManagementKey(
+                    ManagementKeyType(mk_type), bytes.fromhex(mk_key), TouchPolicy(mk_touch)
+                ),
+                objects=_frozen(
+                    {int(tag, 16): bytes.fromhex(v) for tag, v in d["objects"].items()}
+                ),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"malformed PIV record: {e}") from e
+
+
+def _frozen(objects: dict[int, bytes]) -> Mapping[int, bytes]:
+    return MappingProxyType(objects)
+
+
+class PivStore(Protocol):
+    """Where committed records go. ``save`` returning means the record is durable."""
+
+    def save(self, record: PivRecord) -> None: ...
+
+
+class MemoryStore:
+    """Keeps the last committed record in memory (the default: no durability)."""
+
+    def __init__(self) -> None:
+        self.record: PivRecord | None = None
+
+    def save(self, record: PivRecord) -> None:
+        self.record = record
+
+
+def random_serial() -> int:
+    """An eight-digit serial number, like a YubiKey's."""
+    return 10_000_000 + secrets.randbelow(90_000_000)
+
+
+class PivData:
+    """The card's persistent data; every method that changes it commits once."""
+
+    def __init__(self, record: PivRecord | None = None, *, store: PivStore | None = None) -> None:
+        self._record = record if record is not None else PivRecord.factory(random_serial())
+        self._store: PivStore = store if store is not None else MemoryStore()
+
+    @property
+    def record(self) -> PivRecord:
+        return self._record
+
+    @property
+    def serial(self) -> int:
+        return self._record.serial
+
+    @property
+    def management_key(self) -> ManagementKey:
+        return self._record.management_key
+
+    def commit(self, record: PivRecord) -> None:
+        """The commit point: save ``record`` durably, then make it current."""
+        self._store.save(record)
+        self._record = record
+
+    # -- PIN and PUK ----------------------------------------------------------------
+
+    def tries(self, ref: Reference) -> RetryCounter:
+        return self._record.tries(ref)
+
+    def consume_try(self, ref: Reference) -> int:
+        """Decrement the counter (committed) before a comparison; returns what is left."""
+        tries = self._record.tries(ref)
+        if tries.remaining == 0:
+            raise ValueError(f"{ref.name} is blocked")
+        left = RetryCounter(tries.maximum, tries.remaining - 1)
+        self.commit(self._record.with_secret(ref, tries=left))
+        return left.remaining
+
+    def matches(self, ref: Reference, candidate: bytes) -> bool:
+        """Constant-time comparison with the stored PIN or PUK block."""
+        return hmac.compare_digest(self._record.secret(ref), candidate)
+
+    def restore_tries(self, ref: Reference) -> None:
+        """After a correct value: the counter back to its maximum."""
+        tries = self._record.tries(ref)
+        if tries.remaining != tries.maximum:
+            full = RetryCounter(tries.maximum, tries.maximum)
+            self.commit(self._record.with_secret(ref, tries=full))
+
+    def set_secret(self, ref: Reference, value: bytes) -> None:
+        """A new PIN or PUK block; its counter goes back to the maximum."""
+        tries = self._record.tries(ref)
+        full = RetryCounter(tries.maximum, tries.maximum)
+        self.commit(self._record.with_secret(ref, value, full))
+
+    def is_default(self, ref: Reference) -> bool:
+        return hmac.compare_digest(self._record.secret(ref), _DEFAULT_SECRET[ref])
+
+    def set_retries(self, pin_tries: int, puk_tries: int) -> None:
+        """SET PIN RETRIES: new maxima, full counters, PIN and PUK back to defaults."""
+        self.commit(
+            replace(
+                self._record,
+                pin=DEFAULT_PIN,
+                pin_tries=RetryCounter(pin_tries, pin_tries),
+                puk=DEFAULT_PUK,
+                puk_tries=RetryCounter(puk_tries, puk_tries),
+            )
+        )
+
+    # -- management key -------------------------------------------------------------
+
+    def set_management_key(self, key: ManagementKey) -> None:
+        self.commit(replace(self._record, management_key=key))
+
+    # -- data objects ----------------------------------------------------------------
+
+    def get_object(self, tag: int) -> bytes | None:
+        return self._record.objects.get(tag)
+
+    def put_object(self, tag: int, value: bytes) -> None:
+        """Store ``value``; an empty value deletes the object."""
+        objects = dict(self._record.objects)
+        if value:
+            objects[tag] = bytes(value)
+        elif objects.pop(tag, None) is None:
+            return
+        self.commit(replace(self._record, objects=_frozen(objects)))
+
+    # -- Yubico RESET -------------------------------------------------------------------
+
+    def factory_reset(self) -> None:
+        """Factory values for everything except the serial and the attestation certificate."""
+        fresh = PivRecord.factory(self._record.serial)
+        keep = {
+            tag: value for tag, value in self._record.objects.items() if tag == ObjectId.ATTESTATION
+        }
+        self.commit(replace(fresh, objects=_frozen(keep)))
