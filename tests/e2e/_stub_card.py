@@ -2,7 +2,8 @@
 
 It echoes every command APDU back with status 9000, so the test harness can
 be checked through pcscd + vpcd without the real emulator. Same command line
-as ``python -m vsc.emulator`` for the parts the harness uses (``-H``, ``-P``).
+as ``python -m vsc.emulator`` for the parts the tests use (``-H``, ``-P``,
+``-v``, ``--slots``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import socket
 import struct
+import threading
 import time
 
 STUB_ATR = bytes.fromhex("3B8880010000000000000000")  # distinct from the emulator's ATR
@@ -68,8 +70,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-P", "--port", type=int, required=True)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="ignored")
+    parser.add_argument("--slots", type=int, default=1)
     args = parser.parse_args()
-    serve(args.host, args.port)
+    slots = [
+        threading.Thread(target=serve, args=(args.host, args.port + i), daemon=True)
+        for i in range(args.slots)
+    ]
+    for slot in slots:
+        slot.start()
+    for slot in slots:
+        slot.join()
 
 
 if __name__ == "__main__":
