@@ -88,7 +88,9 @@ def parse_opensc_tool(stdout: str) -> list[Exchange]:
 
 def send_apdus(pcscd: PcscdEnv, *apdus: bytes, slot: int = 0) -> list[Exchange]:
     """Send ``apdus`` in one opensc-tool session; check every one was sent and answered."""
-    argv = ["opensc-tool", "-r", pcscd.reader(slot)]
+    # The "default" driver sends nothing between our APDUs (the PIV driver
+    # would re-select PIV at the start of every transaction).
+    argv = ["opensc-tool", "-c", "default", "-r", pcscd.reader(slot)]
     for apdu in apdus:
         argv += ["-s", apdu.hex()]
     result = pcscd.run(argv, timeout=CLIENT_TIMEOUT)
