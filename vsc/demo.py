@@ -94,7 +94,7 @@ def _pkcs11_module() -> str:
 def in_process() -> bool:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
-    from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, MANAGEMENT_KEY_TYPE, SLOT, PivSession
+    from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, SLOT, PivSession
 
     from .emulator import default_card
     from .inproc import TRANSPORT, YubikitConnection
@@ -102,7 +102,7 @@ def in_process() -> bool:
     card = default_card()
     piv = PivSession(YubikitConnection(card, TRANSPORT.NFC))
     print(f"PIV version {piv.version}, serial {piv.get_serial()}")
-    piv.authenticate(MANAGEMENT_KEY_TYPE.TDES, DEFAULT_MANAGEMENT_KEY)
+    piv.authenticate(DEFAULT_MANAGEMENT_KEY)
     public = piv.generate_key(SLOT.AUTHENTICATION, KEY_TYPE.ECCP256)
     piv.verify_pin(PIN)
     message = b"signed by a card that lives in software"
