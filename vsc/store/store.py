@@ -1,0 +1,301 @@
+"""The card store: a directory of cards by name, and opening or creating one card by path.
+
+Layout::
+
+    STORE/                      default $VSC_STORE, else $XDG_DATA_HOME/vsc (0700)
+      cards/
+        NAME/                   one card (0700); also openable by this path
+          card.db               SQLite, WAL mode (+ card.db-wal, card.db-shm), 0600
+          lock                  flock()ed by the process that has the card open
+
+A card is created in a hidden sibling directory and renamed into place, so a
+half-created card never appears under its name and two creators of the same
+name cannot both win. :meth:`CardStore.destroy` takes the card's lock,
+renames it out of the way, overwrites its files and removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .antihammer import WINDOWS_DEFAULTS, AntiHammer, DaParameters, SoftwareAntiHammer
+from .card import StoredCard
+from .clock import Clock, SystemClock
+from .crypto import random_key
+from .db import Database, read_meta
+from .errors import (
+    AuthFailed,
+    BackendMismatch,
+    CardExists,
+    CardNotFound,
+    CorruptStore,
+    InvalidName,
+)
+from .lock import CardLock, is_locked
+from .protect import BackendSpec, Protector, open_protector
+
+CARD_DB = "card.db"
+CARD_LOCK = "lock"
+CARDS_DIR = "cards"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def validate_card_name(name: str) -> str:
+    """A card name: 1-64 of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidName(
+            f"bad card name {name!r}: use 1-64 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def default_store_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$VSC_STORE``, else ``$XDG_DATA_HOME/vsc``, else ``~/.local/share/vsc``."""
+    if store := environ.get("VSC_STORE"):
+        return Path(store).expanduser()
+    data = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return Path(data) / "vsc"
+
+
+@dataclass(frozen=True, slots=True)
+class CardInfo:
+    """What a listing shows without the card's lock or backend."""
+
+    name: str
+    path: Path
+    backend: str
+    created: float
+    in_use: bool
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_card(
+    path: Path | str,
+    backend: BackendSpec,
+    *,
+    name: str | None = None,
+    clock: Clock | None = None,
+    da: DaParameters = WINDOWS_DEFAULTS,
+    lockout_auth: bytes = b"",
+) -> StoredCard:
+    """Create a card directory at ``path`` (its parent must exist) and open it.
+
+    ``da`` and ``lockout_auth`` set the store-enforced anti-hammering of the
+    software and plain backends; a TPM's parameters are the TPM's own
+    (set them with ``card.anti_hammer.set_parameters``).
+    """
+    path = Path(path)
+    label = name or path.name
+    clock = clock or SystemClock()
+    if path.exists():
+        raise CardExists(label, path)
+    protector = open_protector(backend)
+    try:
+        staging = path.parent / f".{path.name}.creating-{secrets.token_hex(4)}"
+        staging.mkdir(mode=0o700)
+        try:
+            _initialise(staging, protector, clock, da, lockout_auth)
+            try:
+                # rename() onto an existing non-empty directory fails: no two creators win.
+                os.rename(staging, path)
+            except OSError:
+                raise CardExists(label, path) from None
+            _fsync_dir(path.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        protector.close()
+    return open_card(path, backend, name=label, clock=clock)
+
+
+def _initialise(
+    directory: Path, protector: Protector, clock: Clock, da: DaParameters, lockout_auth: bytes
+) -> None:
+    card_key = random_key()
+    salt = secrets.token_bytes(32)
+    meta = {
+        "card_id": secrets.token_bytes(16),
+        "salt": salt,
+        "created": repr(time.time()).encode(),
+        "backend": json.dumps(protector.identity(), sort_keys=True).encode(),
+        "card_key": protector.seal(card_key),
+    }
+    db = Database(directory / CARD_DB, create=True)
+    try:
+        with db.transaction():
+            db.initialise(meta)
+            SoftwareAntiHammer.initialise(db, clock, salt, da, lockout_auth)
+    finally:
+        db.close()
+    (directory / CARD_LOCK).touch(mode=0o600)
+
+
+def open_card(
+    path: Path | str,
+    backend: BackendSpec,
+    *,
+    name: str | None = None,
+    clock: Clock | None = None,
+) -> StoredCard:
+    """Open the card at ``path``: take its lock, check the backend, unseal the card key.
+
+    :class:`CardInUse` if another process has it open; :class:`BackendMismatch`
+    if ``backend`` is not the TPM / key the card was sealed with.
+    """
+    path = Path(path)
+    label = name or path.name
+    clock = clock or SystemClock()
+    if not (path / CARD_DB).is_file():
+        raise CardNotFound(label, path)
+    lock = CardLock(path / CARD_LOCK, label)
+    lock.acquire()
+    try:
+        db = Database(path / CARD_DB)
+        try:
+            return _open_locked(path, label, lock, db, backend, clock)
+        except BaseException:
+            db.close()
+            raise
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _open_locked(
+    path: Path, label: str, lock: CardLock, db: Database, backend: BackendSpec, clock: Clock
+) -> StoredCard:
+    db.check_format()
+    meta = db.meta()
+    try:
+        identity = json.loads(meta["backend"])
+        card_id, salt, sealed_key = meta["card_id"], meta["salt"], meta["card_key"]
+    except (KeyError, ValueError) as e:
+        raise CorruptStore(f"card {label!r}: bad metadata ({e})") from None
+    protector = open_protector(backend, identity)
+    try:
+        try:
+            card_key = protector.unseal(sealed_key)
+        except (AuthFailed, BackendMismatch) as e:
+            raise BackendMismatch(f"card {label!r}: cannot unseal its key: {e}") from None
+        anti_hammer: AntiHammer | None = protector.anti_hammer()
+        if anti_hammer is None:
+            software = SoftwareAntiHammer(db, clock, salt)
+            software.restart()
+            anti_hammer = software
+        return StoredCard(
+            name=label,
+            path=path,
+            lock=lock,
+            db=db,
+            protector=protector,
+            anti_hammer=anti_hammer,
+            card_id=card_id,
+            salt=salt,
+            card_key=card_key,
+            clock=clock,
+        )
+    except BaseException:
+        protector.close()
+        raise
+
+
+def _wipe(directory: Path) -> None:
+    """Overwrite the files of a card being destroyed, then remove them (best effort:
+    copy-on-write filesystems and SSDs may keep old blocks)."""
+    for file in directory.iterdir():
+        with contextlib.suppress(OSError):
+            size = file.stat().st_size
+            with file.open("r+b") as f:
+                f.write(b"\0" * size)
+                f.flush()
+                os.fsync(f.fileno())
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class CardStore:
+    """A directory of cards, addressed by name."""
+
+    def __init__(self, root: Path | str | None = None, *, clock: Clock | None = None) -> None:
+        self.root = Path(root) if root is not None else default_store_path()
+        self.clock = clock or SystemClock()
+
+    def __repr__(self) -> str:
+        return f"<CardStore {self.root}>"
+
+    @property
+    def cards_dir(self) -> Path:
+        return self.root / CARDS_DIR
+
+    def path_of(self, name: str) -> Path:
+        return self.cards_dir / validate_card_name(name)
+
+    def names(self) -> list[str]:
+        """The cards in the store, sorted."""
+        if not self.cards_dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.cards_dir.iterdir()
+            if _NAME_RE.fullmatch(p.name) and (p / CARD_DB).is_file()
+        )
+
+    def exists(self, name: str) -> bool:
+        return (self.path_of(name) / CARD_DB).is_file()
+
+    def create(
+        self,
+        name: str,
+        backend: BackendSpec,
+        *,
+        da: DaParameters = WINDOWS_DEFAULTS,
+        lockout_auth: bytes = b"",
+    ) -> StoredCard:
+        path = self.path_of(name)
+        self.cards_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return create_card(
+            path, backend, name=name, clock=self.clock, da=da, lockout_auth=lockout_auth
+        )
+
+    def open(self, name: str, backend: BackendSpec) -> StoredCard:
+        return open_card(self.path_of(name), backend, name=name, clock=self.clock)
+
+    def info(self, name: str) -> CardInfo:
+        path = self.path_of(name)
+        if not (path / CARD_DB).is_file():
+            raise CardNotFound(name, path)
+        meta = read_meta(path / CARD_DB)
+        try:
+            kind = str(json.loads(meta["backend"])["kind"])
+            created = float(meta["created"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise CorruptStore(f"card {name!r}: bad metadata ({e})") from None
+        return CardInfo(name, path, kind, created, is_locked(path / CARD_LOCK))
+
+    def destroy(self, name: str) -> None:
+        """Delete a card that nobody has open; its sealed blobs are overwritten."""
+        path = self.path_of(name)
+        if not (path / CARD_DB).is_file():
+            raise CardNotFound(name, path)
+        trash = self.cards_dir / f".{name}.destroying-{secrets.token_hex(4)}"
+        with CardLock(path / CARD_LOCK, name):
+            os.rename(path, trash)
+            _fsync_dir(self.cards_dir)
+        _wipe(trash)

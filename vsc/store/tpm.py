@@ -1,0 +1,425 @@
+"""The ``tpm`` backend: sealing under a TPM 2.0 storage key, via tpm2-pytss.
+
+Theory of operation
+-------------------
+Every operation opens its own ESAPI connection to the configured TCTI (never
+a default one), creates the storage root key (SRK) from the standard
+ECC P-256 template, starts a salted HMAC session on it with parameter
+encryption, does its work and flushes everything. The SRK is deterministic
+(same TPM seed, same template, same key), so nothing stays loaded between
+operations: a second card process, a TPM without a resource manager (swtpm
+has 3 object slots), or the TPM's owner see no leftovers.
+
+A sealed blob is a ``TPM2B_PRIVATE`` + ``TPM2B_PUBLIC`` keyed-hash object
+under the SRK. Only this TPM can load it. A card records the SRK's name; a
+different TPM (or this one after TPM2_Clear) has another SRK, and
+:meth:`TpmProtector.open` says so before trying anything.
+
+With ``auth`` the object's authValue is that value and it is DA-protected
+(``noDA`` clear): the TPM compares the value and its dictionary-attack logic
+counts failures (``TPM_RC_AUTH_FAIL`` → :class:`AuthFailed`,
+``TPM_RC_LOCKOUT`` → :class:`LockedOut`). The session's parameter
+encryption keeps the authValue, the sealed data and the unsealed result off
+the wire in clear.
+
+A process killed between a load and its flush leaves a transient object
+behind; without a resource manager the TPM then runs out of slots. On
+``TPM_RC_OBJECT_MEMORY`` / ``SESSION_MEMORY`` we flush every transient
+object and session once and retry. Use a resource manager (``/dev/tpmrm0``,
+tpm2-abrmd) when several programs share a TPM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .antihammer import AntiHammer, DaParameters, DaStatus
+from .errors import AuthFailed, BackendError, BackendMismatch, CorruptStore, LockedOut
+from .protect import BackendInfo, BackendSpec, Protector
+
+# The C library prints every TPM error (each wrong PIN) to stderr unless told not to.
+os.environ.setdefault("TSS2_LOG", "all+NONE")
+
+try:
+    from tpm2_pytss import (
+        ESAPI,
+        ESYS_TR,
+        TPM2_ALG,
+        TPM2_CAP,
+        TPM2_HT,
+        TPM2_PT,
+        TPM2_RC,
+        TPM2_SE,
+        TPM2_SU,
+        TPM2B_AUTH,
+        TPM2B_PRIVATE,
+        TPM2B_PUBLIC,
+        TPM2B_SENSITIVE_CREATE,
+        TPM2B_SENSITIVE_DATA,
+        TPMA_OBJECT,
+        TPMA_PERMANENT,
+        TPMA_SESSION,
+        TPMS_KEYEDHASH_PARMS,
+        TPMS_SENSITIVE_CREATE,
+        TPMT_KEYEDHASH_SCHEME,
+        TPMT_PUBLIC,
+        TPMT_SYM_DEF,
+        TPMU_PUBLIC_PARMS,
+        TSS2_Exception,
+    )
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise BackendError(
+        "the tpm backend needs tpm2-pytss: pip install 'vsc[tpm]' (needs libtss2-dev)"
+    ) from e
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_BLOB_VERSION = 1
+#: TPM2B_SENSITIVE_DATA holds at most MAX_SYM_DATA (128) bytes.
+MAX_SEALED_SIZE = 128
+_TCTI_LAYER = 10 << 16
+_LAYER_MASK = 0xFF << 16
+
+# TCG's storage root key template (ECC NIST P-256, AES-128-CFB, restricted decrypt).
+_SRK_ATTRIBUTES = (
+    TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+    | TPMA_OBJECT.NODA
+    | TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.DECRYPT
+)
+_SEALED_ATTRIBUTES = TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.USERWITHAUTH
+
+
+def _srk_template() -> Any:
+    return TPM2B_PUBLIC.parse("ecc256:aes128cfb", objectAttributes=_SRK_ATTRIBUTES)
+
+
+def _sealed_template(da_protected: bool) -> Any:
+    attributes = _SEALED_ATTRIBUTES if da_protected else _SEALED_ATTRIBUTES | TPMA_OBJECT.NODA
+    scheme = TPMT_KEYEDHASH_SCHEME(scheme=TPM2_ALG.NULL)
+    return TPM2B_PUBLIC(
+        TPMT_PUBLIC(
+            type=TPM2_ALG.KEYEDHASH,
+            nameAlg=TPM2_ALG.SHA256,
+            objectAttributes=attributes,
+            parameters=TPMU_PUBLIC_PARMS(keyedHashDetail=TPMS_KEYEDHASH_PARMS(scheme=scheme)),
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TpmInfo:
+    manufacturer: str
+    vendor: str
+    firmware: str
+
+
+class _Op:
+    """One connection's work: the SRK, a salted session, and every handle to flush."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self._flush: list[Any] = []
+        self._srk: Any = None
+        self._session: Any = None
+
+    @property
+    def srk(self) -> Any:
+        if self._srk is None:
+            self._srk = self.track(self.ctx.create_primary(None, _srk_template())[0])
+        return self._srk
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            session = self.ctx.start_auth_session(
+                self.srk,
+                ESYS_TR.NONE,
+                TPM2_SE.HMAC,
+                TPMT_SYM_DEF.parse("aes128cfb"),
+                TPM2_ALG.SHA256,
+            )
+            self._session = self.track(session)
+            self.ctx.trsess_set_attributes(
+                session,
+                TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT,
+            )
+        return self._session
+
+    def track(self, handle: Any) -> Any:
+        self._flush.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in reversed(self._flush):
+            with contextlib.suppress(TSS2_Exception):
+                self.ctx.flush_context(handle)
+        self._flush.clear()
+
+
+class Tpm:
+    """A TPM reached through an explicit TCTI (``swtpm:path=S``, ``device:/dev/tpmrm0``)."""
+
+    def __init__(self, tcti: str) -> None:
+        if not tcti or not tcti.strip():
+            raise BackendError("no TPM configured: give --tpm TCTI or set VSC_TPM")
+        self.tcti = tcti
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Any]:
+        try:
+            ctx = ESAPI(self.tcti)
+        except TSS2_Exception as e:
+            raise BackendError(f"cannot reach the TPM at {self.tcti!r}: {e}") from None
+        except (ValueError, RuntimeError, OSError) as e:
+            raise BackendError(f"bad TCTI {self.tcti!r}: {e}") from None
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+
+    def run(self, work: Callable[[_Op], _T]) -> _T:
+        """Run ``work`` on a fresh connection; TPM errors become store errors."""
+        for attempt in (1, 2):
+            with self._connect() as ctx:
+                op = _Op(ctx)
+                try:
+                    return work(op)
+                except TSS2_Exception as e:
+                    if attempt == 1 and e.error in (TPM2_RC.OBJECT_MEMORY, TPM2_RC.SESSION_MEMORY):
+                        op.close()
+                        _flush_leftovers(ctx)
+                        continue
+                    raise _translate(e, self.tcti) from None
+                finally:
+                    op.close()
+        raise AssertionError("unreachable")
+
+    # -- sealing -------------------------------------------------------------------------
+
+    def srk_name(self) -> bytes:
+        name: bytes = self.run(lambda op: bytes(op.ctx.tr_get_name(op.srk).marshal()))
+        return name
+
+    def seal(self, data: bytes, auth: bytes | None) -> bytes:
+        if len(data) > MAX_SEALED_SIZE:
+            raise ValueError(f"the TPM seals at most {MAX_SEALED_SIZE} bytes")
+        sensitive = TPM2B_SENSITIVE_CREATE(
+            TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(auth or b""), data=TPM2B_SENSITIVE_DATA(data))
+        )
+        template = _sealed_template(da_protected=auth is not None)
+
+        def work(op: _Op) -> bytes:
+            private, public, *_ = op.ctx.create(op.srk, sensitive, template, session1=op.session)
+            return bytes([_BLOB_VERSION]) + bytes(private.marshal()) + bytes(public.marshal())
+
+        return self.run(work)
+
+    def unseal(self, blob: bytes, auth: bytes | None) -> bytes:
+        private, public = _parse_blob(blob)
+
+        def work(op: _Op) -> bytes:
+            try:
+                handle = op.track(op.ctx.load(op.srk, private, public, session1=op.session))
+            except TSS2_Exception as e:
+                if e.error in (TPM2_RC.INTEGRITY, TPM2_RC.BINDING, TPM2_RC.SIZE):
+                    raise BackendMismatch("this blob was not sealed by this TPM") from None
+                raise
+            op.ctx.tr_set_auth(handle, auth or b"")
+            return bytes(op.ctx.unseal(handle, session1=op.session))
+
+        return self.run(work)
+
+    # -- information and dictionary-attack logic ------------------------------------------
+
+    def properties(self, first: int, count: int) -> dict[int, int]:
+        def work(op: _Op) -> dict[int, int]:
+            _, data = op.ctx.get_capability(TPM2_CAP.TPM_PROPERTIES, first, count)
+            return {int(p.property): int(p.value) for p in data.data.tpmProperties}
+
+        return self.run(work)
+
+    def info(self) -> TpmInfo:
+        fixed = self.properties(int(TPM2_PT.FIXED), 64)
+        base = int(TPM2_PT.FIXED)
+        vendor = b"".join(fixed.get(base + i, 0).to_bytes(4, "big") for i in range(6, 10))
+        return TpmInfo(
+            manufacturer=_fourcc(fixed.get(int(TPM2_PT.MANUFACTURER), 0)),
+            vendor=vendor.rstrip(b"\0").decode("ascii", "replace").strip(),
+            firmware=f"{fixed.get(base + 11, 0):08x}.{fixed.get(base + 12, 0):08x}",
+        )
+
+    def da_status(self) -> DaStatus:
+        var = self.properties(int(TPM2_PT.VAR), 64)
+        permanent = var.get(int(TPM2_PT.PERMANENT), 0)
+        return DaStatus(
+            parameters=DaParameters(
+                var.get(int(TPM2_PT.MAX_AUTH_FAIL), 0),
+                var.get(int(TPM2_PT.LOCKOUT_INTERVAL), 0),
+                var.get(int(TPM2_PT.LOCKOUT_RECOVERY), 0),
+            ),
+            failed_tries=var.get(int(TPM2_PT.LOCKOUT_COUNTER), 0),
+            locked_out=bool(permanent & TPMA_PERMANENT.INLOCKOUT),
+            lockout_auth_available=None,  # a TPM does not report it
+            enforced_by="tpm",
+        )
+
+    def _with_lockout(self, lockout_auth: bytes, command: Callable[[_Op], None]) -> None:
+        def work(op: _Op) -> None:
+            op.ctx.tr_set_auth(ESYS_TR.LOCKOUT, lockout_auth)
+            command(op)
+
+        try:
+            self.run(work)
+        except AuthFailed:
+            raise AuthFailed("wrong lockout authorisation") from None
+        except LockedOut:
+            raise LockedOut("the TPM's lockout authorisation is blocked for now") from None
+
+    def set_da_parameters(self, params: DaParameters, lockout_auth: bytes) -> None:
+        self._with_lockout(
+            lockout_auth,
+            lambda op: op.ctx.dictionary_attack_parameters(
+                params.max_tries,
+                params.recovery_time,
+                params.lockout_recovery,
+                session1=op.session,
+            ),
+        )
+
+    def da_reset(self, lockout_auth: bytes) -> None:
+        self._with_lockout(
+            lockout_auth, lambda op: op.ctx.dictionary_attack_lock_reset(session1=op.session)
+        )
+
+    def change_lockout_auth(self, current: bytes, new: bytes) -> None:
+        self._with_lockout(
+            current,
+            lambda op: op.ctx.hierarchy_change_auth(
+                ESYS_TR.LOCKOUT, TPM2B_AUTH(new), session1=op.session
+            ),
+        )
+
+    def shutdown(self) -> None:
+        """TPM2_Shutdown(CLEAR), for fixtures that stop a simulator (the OS does it otherwise)."""
+        self.run(lambda op: op.ctx.shutdown(TPM2_SU.CLEAR))
+
+
+def _fourcc(value: int) -> str:
+    return value.to_bytes(4, "big").rstrip(b"\0").decode("ascii", "replace").strip()
+
+
+def _parse_blob(blob: bytes) -> tuple[Any, Any]:
+    if not blob or blob[0] != _BLOB_VERSION:
+        raise BackendMismatch("not a blob of the tpm backend")
+    try:
+        private, used = TPM2B_PRIVATE.unmarshal(blob[1:])
+        public, used2 = TPM2B_PUBLIC.unmarshal(blob[1 + used :])
+    except (TSS2_Exception, ValueError, TypeError) as e:
+        raise CorruptStore(f"malformed TPM blob: {e}") from None
+    if 1 + used + used2 != len(blob):
+        raise CorruptStore("malformed TPM blob: trailing bytes")
+    return private, public
+
+
+def _translate(e: Any, tcti: str) -> Exception:
+    if e.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
+        return AuthFailed("wrong authorisation (checked by the TPM)")
+    if e.error == TPM2_RC.LOCKOUT:
+        return LockedOut("the TPM is in dictionary-attack lockout")
+    if int(e.rc) & _LAYER_MASK == _TCTI_LAYER:
+        return BackendError(f"lost the TPM at {tcti!r}: {e}")
+    return BackendError(f"TPM error: {e}")
+
+
+def _flush_leftovers(ctx: Any) -> None:
+    """Flush transient objects and sessions left by killed processes (no resource manager)."""
+    log.warning("TPM out of object or session slots: flushing leftovers of killed processes")
+    for kind in (TPM2_HT.TRANSIENT, TPM2_HT.HMAC_SESSION, TPM2_HT.POLICY_SESSION):
+        with contextlib.suppress(TSS2_Exception):
+            _, data = ctx.get_capability(TPM2_CAP.HANDLES, int(kind) << 24, 64)
+            for handle in data.data.handles:
+                with contextlib.suppress(TSS2_Exception):
+                    tr = ctx.tr_from_tpmpublic(int(handle))
+                    ctx.flush_context(tr)
+
+
+class TpmProtector(Protector):
+    kind = "tpm"
+
+    def __init__(self, tpm: Tpm, srk_name: bytes, info: TpmInfo, lockout_auth: bytes) -> None:
+        self.tpm = tpm
+        self._srk_name = srk_name
+        self._info = info
+        self._lockout_auth = lockout_auth
+
+    @classmethod
+    def open(cls, spec: BackendSpec, identity: Mapping[str, str] | None) -> TpmProtector:
+        assert spec.tcti is not None
+        tpm = Tpm(spec.tcti)
+        name = tpm.srk_name()
+        if identity is not None and identity.get("srk_name") != name.hex():
+            raise BackendMismatch(
+                f"the card was sealed by a different TPM than the one at {spec.tcti!r}"
+                " (its storage key differs: the store was copied from another machine, or"
+                " this TPM was cleared); it cannot be opened here"
+            )
+        return cls(tpm, name, tpm.info(), spec.lockout_auth)
+
+    def seal(self, plaintext: bytes, *, auth: bytes | None = None) -> bytes:
+        return self.tpm.seal(plaintext, auth)
+
+    def unseal(self, blob: bytes, *, auth: bytes | None = None) -> bytes:
+        return self.tpm.unseal(blob, auth)
+
+    def describe(self) -> BackendInfo:
+        return BackendInfo(
+            kind="tpm",
+            summary=(
+                f"tpm: TPM 2.0 ({self._info.manufacturer} {self._info.vendor},"
+                f" firmware {self._info.firmware}) via {self.tpm.tcti}"
+            ),
+            hardware_bound=True,
+            hardware_anti_hammering=True,
+            offline_guessing=False,
+            weaknesses=(
+                "no rollback protection: an old copy of the store still opens on this TPM",
+                "keys are used in this process's memory once unsealed",
+            ),
+        )
+
+    def identity(self) -> dict[str, str]:
+        return {"kind": "tpm", "srk": "ecc-p256-tcg", "srk_name": self._srk_name.hex()}
+
+    def anti_hammer(self) -> AntiHammer:
+        return TpmAntiHammer(self.tpm, self._lockout_auth)
+
+
+class TpmAntiHammer(AntiHammer):
+    """The TPM's own dictionary-attack state: read, set, reset; the TPM enforces it."""
+
+    enforced_by = "tpm"
+
+    def __init__(self, tpm: Tpm, default_lockout_auth: bytes = b"") -> None:
+        self.tpm = tpm
+        self._default = default_lockout_auth
+
+    def status(self) -> DaStatus:
+        return self.tpm.da_status()
+
+    def set_parameters(self, params: DaParameters, *, lockout_auth: bytes | None = None) -> None:
+        self.tpm.set_da_parameters(params, self._default if lockout_auth is None else lockout_auth)
+
+    def reset(self, *, lockout_auth: bytes | None = None) -> None:
+        self.tpm.da_reset(self._default if lockout_auth is None else lockout_auth)
