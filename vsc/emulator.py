@@ -80,10 +80,10 @@ _RECV_SIZE: Final = 0x10000 + 2
 _SW_UNKNOWN: Final = b"\x6f\x00"
 
 
-def default_card() -> Card:
+def default_card(serial: int | None = None) -> Card:
     """A factory-default card: the applets a fresh emulator offers."""
     card = Card()
-    card.register(PivApplet(), default=True)
+    card.register(PivApplet(serial=serial), default=True)
     card.register(EchoApplet())
     return card
 
