@@ -22,6 +22,7 @@ transport allows": 256 for short APDUs, 65536 for extended ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .sw import SW, ApduError
 
@@ -77,12 +78,13 @@ def encode_cla(channel: int, *, chaining: bool = False, proprietary: bool = Fals
     return cla | (CLA_CHAINING if chaining else 0)
 
 
-@dataclass(frozen=True, slots=True)
-class CommandApdu:
+class CommandApdu(NamedTuple):
     """A parsed command APDU.
 
     ``le`` is the Ne the command carried (1-256 short, 1-65536 extended) or
     None when it had no Le field; :attr:`ne` is what the card may answer.
+    An immutable record built once per APDU; a NamedTuple because building a
+    frozen dataclass costs ~0.85 us per APDU and a tuple ~0.1 us.
     """
 
     cla: int
@@ -104,32 +106,33 @@ class CommandApdu:
     def parse(cls, apdu: bytes) -> CommandApdu:
         """Parse raw bytes; raises :class:`ApduError` ``6700`` on a bad shape."""
         n = len(apdu)
+        new = _new
         if n < 4:
             raise ApduError(SW.WRONG_LENGTH, f"APDU of {n} bytes")
         cla, ins, p1, p2 = apdu[0], apdu[1], apdu[2], apdu[3]
         if n == 4:
-            return cls(cla, ins, p1, p2)
+            return new(cls, (cla, ins, p1, p2, b"", None, False))
         b4 = apdu[4]
         if n == 5:
-            return cls(cla, ins, p1, p2, b"", b4 or SHORT_MAX_NE)
+            return new(cls, (cla, ins, p1, p2, b"", b4 or SHORT_MAX_NE, False))
         if b4:  # short Lc
             if n == 5 + b4:
-                return cls(cla, ins, p1, p2, apdu[5:])
+                return new(cls, (cla, ins, p1, p2, apdu[5:], None, False))
             if n == 6 + b4:
-                return cls(cla, ins, p1, p2, apdu[5:-1], apdu[-1] or SHORT_MAX_NE)
+                return new(cls, (cla, ins, p1, p2, apdu[5:-1], apdu[-1] or SHORT_MAX_NE, False))
             raise ApduError(SW.WRONG_LENGTH, f"Lc {b4} does not match {n - 5} body bytes")
         if n == 6:
             raise ApduError(SW.WRONG_LENGTH, "body of 00 xx is neither short nor extended")
         ext = (apdu[5] << 8) | apdu[6]
         if n == 7:
-            return cls(cla, ins, p1, p2, b"", ext or EXTENDED_MAX_NE, True)
+            return new(cls, (cla, ins, p1, p2, b"", ext or EXTENDED_MAX_NE, True))
         if ext == 0:
             raise ApduError(SW.WRONG_LENGTH, "extended Lc of 0")
         if n == 7 + ext:
-            return cls(cla, ins, p1, p2, apdu[7:], None, True)
+            return new(cls, (cla, ins, p1, p2, apdu[7:], None, True))
         if n == 9 + ext:
             le = (apdu[-2] << 8) | apdu[-1]
-            return cls(cla, ins, p1, p2, apdu[7:-2], le or EXTENDED_MAX_NE, True)
+            return new(cls, (cla, ins, p1, p2, apdu[7:-2], le or EXTENDED_MAX_NE, True))
         raise ApduError(SW.WRONG_LENGTH, f"extended Lc {ext} does not match {n - 7} body bytes")
 
     def encode(self) -> bytes:
@@ -154,6 +157,9 @@ class CommandApdu:
             if self.le is not None:
                 body += bytes((self.le & 0xFF,))
         return header + body
+
+
+_new = tuple.__new__
 
 
 def response(data: bytes, sw: int) -> bytes:

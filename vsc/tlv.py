@@ -8,7 +8,7 @@ clients such as libykpiv read values at fixed offsets.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .sw import InvalidData
 
@@ -33,11 +33,13 @@ def encode_length(length: int) -> bytes:
 
 
 def encode_tlv(tag: int, value: bytes) -> bytes:
-    return tag_bytes(tag) + encode_length(len(value)) + value
+    n = len(value)
+    if 0 <= tag < 0x100 and n < 0x80:  # the common case, without the general helpers
+        return bytes((tag, n)) + value
+    return tag_bytes(tag) + encode_length(n) + value
 
 
-@dataclass(frozen=True, slots=True)
-class Tlv:
+class Tlv(NamedTuple):
     tag: int
     value: bytes
 
@@ -66,6 +68,15 @@ def _read_tag(data: bytes, offset: int) -> tuple[int, int]:
     return tag, offset
 
 
+def _read_long_length(data: bytes, offset: int, first: int) -> tuple[int, int]:
+    n = first & 0x7F
+    if n == 0 or n > 4:
+        raise InvalidData(f"unsupported TLV length form {first:02X}")
+    if offset + n > len(data):
+        raise InvalidData("TLV truncated in length")
+    return int.from_bytes(data[offset : offset + n], "big"), offset + n
+
+
 def _read_length(data: bytes, offset: int) -> tuple[int, int]:
     if offset >= len(data):
         raise InvalidData("TLV truncated in length")
@@ -81,21 +92,37 @@ def _read_length(data: bytes, offset: int) -> tuple[int, int]:
     return int.from_bytes(data[offset : offset + n], "big"), offset + n
 
 
-def iter_tlvs(data: bytes) -> Iterator[Tlv]:
-    """Yield the TLVs of ``data`` in order; ``6A80`` if anything is malformed."""
+def parse_tlvs(data: bytes) -> list[Tlv]:
+    """The TLVs of ``data`` in order; ``6A80`` if anything is malformed."""
+    out: list[Tlv] = []
     offset = 0
     end = len(data)
     while offset < end:
-        tag, offset = _read_tag(data, offset)
-        length, offset = _read_length(data, offset)
-        if offset + length > end:
+        tag = data[offset]
+        if tag & 0x1F == 0x1F:
+            tag, offset = _read_tag(data, offset)
+        else:
+            offset += 1
+        if offset >= end:
+            raise InvalidData("TLV truncated in length")
+        length = data[offset]
+        offset += 1
+        if length >= 0x80:
+            length, offset = _read_long_length(data, offset, length)
+        stop = offset + length
+        if stop > end:
             raise InvalidData("TLV value runs past the end of the data")
-        yield Tlv(tag, bytes(data[offset : offset + length]))
-        offset += length
+        out.append(_new_tlv(Tlv, (tag, bytes(data[offset:stop]))))
+        offset = stop
+    return out
 
 
-def parse_tlvs(data: bytes) -> list[Tlv]:
-    return list(iter_tlvs(data))
+_new_tlv = tuple.__new__
+
+
+def iter_tlvs(data: bytes) -> Iterator[Tlv]:
+    """Yield the TLVs of ``data`` in order; ``6A80`` if anything is malformed."""
+    return iter(parse_tlvs(data))
 
 
 def parse_tlv(data: bytes, tag: int | None = None) -> Tlv:
