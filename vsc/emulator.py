@@ -22,6 +22,14 @@ Design:
 * The card outlives connections: its persistent state is kept across
   reconnects, and a dropped connection powers it off (vpcd treats a lost
   connection as card removal, so volatile security state must go too).
+* ``--card NAME|PATH`` serves a persistent card from the card store
+  (:mod:`vsc.store`, PIV through :mod:`vsc.store.piv`): every change is
+  committed before its answer leaves, so a restart, a SIGTERM or a SIGKILL
+  loses nothing that was answered. The protection backend is always chosen
+  explicitly (``--tpm``/``VSC_TPM``, ``--key-file``/``VSC_KEY_FILE``,
+  ``VSC_PASSPHRASE``, ``--insecure-plain``), never guessed. A card another
+  process serves, or one sealed by another TPM or key, ends the start with
+  exit status 2 and a message; cards are closed on the way out.
 * The 44 ms stall: vpcd writes the length and the APDU separately with Nagle
   on, so the card side sets TCP_QUICKACK after every ``recv`` (Linux) and
   TCP_NODELAY for its own answers.
@@ -44,8 +52,9 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Final
 
@@ -54,6 +63,18 @@ from applets.piv import PivApplet
 
 from . import trace
 from .card import Card
+from .store import (
+    BackendSpec,
+    CardExists,
+    CardNotFound,
+    CardStore,
+    StoredCard,
+    StoreError,
+    create_card,
+    default_store_path,
+)
+from .store import open_card as open_stored_card
+from .store.piv import open_piv
 from .vpcd import (
     NEED_DATA,
     Command,
@@ -65,7 +86,17 @@ from .vpcd import (
     respond,
 )
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Backoff", "Emulator", "default_card", "main"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Backoff",
+    "CardOpenError",
+    "Emulator",
+    "backend_from",
+    "default_card",
+    "main",
+    "open_card",
+]
 
 # Not __name__: run with -m, that is "__main__".
 log = logging.getLogger("vsc.emulator")
@@ -88,15 +119,98 @@ def default_card(serial: int | None = None) -> Card:
     return card
 
 
-def open_card(spec: str) -> Card:
-    """The card named by ``--card PATH|NAME``.
+#: Environment variables that choose a protection backend (``--tpm`` etc. win over them).
+BACKEND_ENVIRONMENT: Final = ("VSC_TPM", "VSC_KEY_FILE", "VSC_PASSPHRASE")
 
-    Persistent storage is not implemented yet: the card is a factory-default
-    one that lives in this process's memory (its state survives vpcd
-    reconnects, not a restart of the emulator).
+
+class CardOpenError(Exception):
+    """A ``--card`` that cannot be served: the emulator says why and exits with status 2."""
+
+
+def backend_from(
+    *,
+    tpm: str | None = None,
+    key_file: str | None = None,
+    insecure_plain: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> BackendSpec:
+    """The protection backend of ``--card``: a flag, else exactly one of the variables.
+
+    Never a default: a TPM only from ``--tpm``/``VSC_TPM``, nothing unprotected
+    without ``--insecure-plain``.
     """
-    log.info("card %r: kept in memory only (persistent storage not implemented yet)", spec)
-    return default_card()
+    if tpm:
+        return BackendSpec.tpm(tpm)
+    if key_file:
+        return BackendSpec.software(key_file=key_file)
+    if insecure_plain:
+        return BackendSpec.plain()
+    chosen = [name for name in BACKEND_ENVIRONMENT if environ.get(name)]
+    if len(chosen) > 1:
+        raise CardOpenError(
+            f"{' and '.join(chosen)} are all set: choose one backend"
+            " (or give --tpm, --key-file or --insecure-plain)"
+        )
+    if not chosen:
+        raise CardOpenError(
+            "--card needs a protection backend: --tpm TCTI (or VSC_TPM) for a TPM,"
+            " --key-file PATH (or VSC_KEY_FILE) or VSC_PASSPHRASE for the software backend,"
+            " or --insecure-plain for tests"
+        )
+    value = environ[chosen[0]]
+    if chosen[0] == "VSC_TPM":
+        return BackendSpec.tpm(value)
+    if chosen[0] == "VSC_KEY_FILE":
+        return BackendSpec.software(key_file=value)
+    return BackendSpec.software(passphrase=value.encode())
+
+
+def _card_location(spec: str, store: Path | None) -> tuple[Path, str]:
+    """``--card`` names a card in the store, or (with a ``/``, or a leading ``.``/``~``) a path."""
+    if "/" in spec or spec.startswith((".", "~")):
+        path = Path(spec).expanduser().absolute()
+        return path, path.name
+    return CardStore(store if store is not None else default_store_path()).path_of(spec), spec
+
+
+def _open_or_create(path: Path, name: str, backend: BackendSpec) -> StoredCard:
+    try:
+        return open_stored_card(path, backend, name=name)
+    except CardNotFound:
+        if path.exists():
+            raise CardOpenError(f"{path} exists but is not a card") from None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        stored = create_card(path, backend, name=name)
+    except CardExists:  # another process created it a moment ago
+        return open_stored_card(path, backend, name=name)
+    log.warning("card %r: created with factory defaults at %s", name, path)
+    return stored
+
+
+def open_card(
+    spec: str, backend: BackendSpec, *, store: Path | None = None
+) -> tuple[Card, StoredCard]:
+    """The persistent card ``--card PATH|NAME`` names, created factory-fresh when missing.
+
+    Returns the card to serve and its store handle, which the caller closes
+    once no thread uses the card any more. Raises :class:`vsc.store.StoreError`
+    (in use, another TPM or key, unreadable) or :class:`CardOpenError`.
+    """
+    path, name = _card_location(spec, store)
+    stored = _open_or_create(path, name, backend)
+    try:
+        info = stored.backend
+        if info.kind == "plain":
+            log.warning("card %r: --insecure-plain: its keys and PINs are NOT protected", name)
+        log.info("card %r at %s: %s", name, path, info.summary)
+        card = Card()
+        card.register(open_piv(stored), default=True)
+        card.register(EchoApplet())
+    except BaseException:
+        stored.close()
+        raise
+    return card, stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,8 +536,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m vsc.emulator",
         description="Serve virtual smart cards to pcscd through vsmartcard's vpcd driver.",
         epilog=(
-            "Persistent cards are not implemented yet: a --card lives in this process's "
-            "memory; its state survives vpcd reconnects but not a restart of the emulator."
+            "A --card is persistent: it lives in a card store (--store; created with factory "
+            "defaults when missing) and every change is on disk before the card answers. Its "
+            "secrets are protected by a TPM (--tpm TCTI or VSC_TPM), by a key file (--key-file "
+            "or VSC_KEY_FILE) or a passphrase (VSC_PASSPHRASE) in software, or not at all "
+            "(--insecure-plain, tests only); nothing is chosen for you. Slots without a --card "
+            "get a factory-fresh card kept in memory only. Exit status 2: a card cannot be "
+            "opened (in use by another process, sealed by another TPM or key, ...)."
         ),
     )
     parser.add_argument(
@@ -451,9 +570,34 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH|NAME",
         help=(
-            "a named card, one per slot in order (repeatable); kept in memory only until "
-            "persistent storage lands. Slots without one get an ephemeral factory-default card"
+            "a persistent card: a NAME in the store or a directory PATH (with a '/'); one per "
+            "slot in order (repeatable); created with factory defaults when missing"
         ),
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        metavar="DIR",
+        help="the card store for --card NAME (default: $VSC_STORE, else $XDG_DATA_HOME/vsc "
+        "or ~/.local/share/vsc)",
+    )
+    backend = parser.add_mutually_exclusive_group()
+    backend.add_argument(
+        "--tpm",
+        metavar="TCTI",
+        help="protect cards with this TPM, e.g. device:/dev/tpmrm0 or swtpm:path=SOCKET "
+        "(default: $VSC_TPM; never a TPM found by chance)",
+    )
+    backend.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="protect cards in software under this 32-byte key file, mode 0600, created for "
+        "a new card (default: $VSC_KEY_FILE; a passphrase comes from $VSC_PASSPHRASE)",
+    )
+    backend.add_argument(
+        "--insecure-plain",
+        action="store_true",
+        help="INSECURE, for tests: store the cards' keys and PINs unprotected",
     )
     parser.add_argument(
         "--slots",
@@ -485,7 +629,29 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("ports out of range")
     if args.frame_timeout <= 0:
         parser.error("--frame-timeout must be positive")
+    if not args.card:
+        for flag, value in (
+            ("--store", args.store),
+            ("--tpm", args.tpm),
+            ("--key-file", args.key_file),
+            ("--insecure-plain", args.insecure_plain),
+        ):
+            if value:
+                parser.error(f"{flag} applies to persistent cards: give --card too")
     return slots
+
+
+def _open_cards(args: argparse.Namespace, stored: list[StoredCard]) -> list[Card]:
+    """The cards of the ``--card`` options; each store handle is appended to ``stored``."""
+    if not args.card:
+        return []
+    backend = backend_from(tpm=args.tpm, key_file=args.key_file, insecure_plain=args.insecure_plain)
+    cards = []
+    for spec in args.card:
+        card, handle = open_card(spec, backend, store=args.store)
+        stored.append(handle)
+        cards.append(card)
+    return cards
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -509,8 +675,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             emulator.stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stored: list[StoredCard] = []
+    # Threads that did not stop may still be inside a card: leave those cards open
+    # (the process is ending; the kernel releases their locks, SQLite their files).
+    threads_stopped = True
     try:
-        cards = [open_card(spec) for spec in args.card]
+        try:
+            cards = _open_cards(args, stored)
+        except (CardOpenError, StoreError, ValueError) as exc:
+            log.error("cannot serve the card: %s", exc)
+            return 2
         cards += [default_card() for _ in range(slots - len(cards))]
         emulator = Emulator(
             cards,
@@ -529,10 +703,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.reversed:
             log.info("listening on ports %s", ", ".join(map(str, emulator.ports)))
         emulator.wait()
-        return 0 if emulator.join() else 1
+        threads_stopped = emulator.join()
+        return 0 if threads_stopped else 1
     finally:
         if emulator is not None:
             emulator.close()
+        if threads_stopped:
+            for handle in stored:
+                handle.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

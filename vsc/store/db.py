@@ -73,7 +73,11 @@ class Database:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         uri = f"file:{quote(str(path))}?mode=rw"  # never let SQLite create a missing card
         try:
-            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+            # One thread at a time, but not always the opener: the emulator opens a card
+            # in its main thread, serves it from the card's slot thread, closes it after.
+            self._conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=10.0, check_same_thread=False
+            )
         except sqlite3.Error as e:
             raise CorruptStore(f"cannot open {path}: {e}") from e
         self._depth = 0

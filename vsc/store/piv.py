@@ -1,0 +1,470 @@
+"""The PIV applet over the card store: keys, PIN/PUK, counters and objects, each change durable.
+
+An adapter between :mod:`applets.piv` (which knows nothing of files or TPMs)
+and :class:`vsc.store.StoredCard`. :func:`open_piv` returns the applet of a
+stored card, provisioning a factory-fresh PIV card the first time.
+
+Theory of operation
+-------------------
+Records of a card (``vsc.store`` names, protections)::
+
+    piv/record              CARD   serial, counters, management key, "is the PIN/PUK default"
+    piv/object/5FC105       CARD   one per data object (certificates, CHUID, ...)
+    piv/slot/9a/info        CARD   key type, policies, origin, public key (SPKI DER)
+    piv/slot/9a/key         bound("piv"), or CARD for PIN policy NEVER and for F9
+    piv/attestation         CARD   the F9 certificate the key store remembers
+
+**Commits.** :class:`StoredPivStore` is the applet's commit point
+(``PivStore.save``): the record and the objects that changed are written in
+one transaction, so the applet's "decrement the retry counter, commit, then
+compare" is durable before the comparison. Key changes are one transaction
+each (info and key together).
+
+**PIN binding.** The PIN and the PUK are never stored: the binding ``piv``
+is sealed once under each (see :mod:`vsc.store.card`), and
+:meth:`StoredPivData.matches` asks the backend to unseal it; with a TPM the
+TPM compares and its dictionary-attack logic counts the failure. A try the
+anti-hammering refused without comparing (lockout) is given back and
+answered ``6985`` (temporary; ``6983`` would send clients to the PUK). The
+record keeps only whether each value is still the factory default (GET
+METADATA reports it), as the default value itself; anything else is stored
+as an empty placeholder.
+
+**Binding lifetime.** A successful VERIFY (or PUK check) unlocks the
+binding, so the PIN-protected keys can be used; :class:`StoredPivApplet`
+locks it again after every command and every session end (power off,
+reset, another SELECT) that leaves no channel with the PIN verified.
+Keys the applet lets anyone use (PIN policy NEVER, the F9 attestation key)
+are card-encrypted: they work without a PIN, and are readable by whoever
+can read the card key (see ``docs/security.md``).
+
+**PIN changes** re-seal the binding under the new value and destroy the old
+blob, in the same transaction as the record; SET PIN RETRIES re-seals both
+roles under the defaults; RESET destroys the binding (and every key bound
+to it) and creates a new one under the defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_der_private_key,
+    load_der_public_key,
+)
+
+from applets.piv.applet import PivApplet
+from applets.piv.keys import (
+    ATTESTATION_SLOT,
+    KeyInfo,
+    KeyStore,
+    KeyType,
+    Origin,
+    PinPolicy,
+    PrivateKey,
+    PublicKey,
+    TouchPolicy,
+)
+from applets.piv.security import SecurityState
+from applets.piv.state import (
+    DEFAULT_PIN,
+    DEFAULT_PUK,
+    PivData,
+    PivRecord,
+    Reference,
+    RetryCounter,
+    random_serial,
+)
+from vsc.apdu import CommandApdu
+from vsc.applet import Response
+from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
+
+from .card import CARD, StoredCard, bound
+from .errors import AuthFailed, BindingLocked, CorruptStore, LockedOut
+
+__all__ = [
+    "BINDING",
+    "RECORD",
+    "StoredKeyStore",
+    "StoredPivApplet",
+    "StoredPivData",
+    "StoredPivStore",
+    "key_protection",
+    "open_piv",
+]
+
+#: The binding sealed under the PIN (role "pin") and the PUK (role "puk").
+BINDING = "piv"
+RECORD = "piv/record"
+_OBJECT_PREFIX = "piv/object/"
+_SLOT_PREFIX = "piv/slot/"
+_ATTESTATION_CERT = "piv/attestation"
+_ROLES = {Reference.PIN: "pin", Reference.PUK: "puk"}
+_DEFAULTS = {Reference.PIN: DEFAULT_PIN, Reference.PUK: DEFAULT_PUK}
+_NO_OBJECTS: Mapping[int, bytes] = MappingProxyType({})
+_FACTORY_SECRETS = {"pin": DEFAULT_PIN, "puk": DEFAULT_PUK}
+
+
+def _info_name(slot: int) -> str:
+    return f"{_SLOT_PREFIX}{slot:02x}/info"
+
+
+def _key_name(slot: int) -> str:
+    return f"{_SLOT_PREFIX}{slot:02x}/key"
+
+
+def _object_name(tag: int) -> str:
+    return f"{_OBJECT_PREFIX}{tag:06X}"
+
+
+def _spki(key: PublicKey) -> bytes:
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+def _encode_info(info: KeyInfo) -> bytes:
+    return json.dumps(
+        {
+            "type": int(info.key_type),
+            "pin_policy": int(info.pin_policy),
+            "touch_policy": int(info.touch_policy),
+            "origin": int(info.origin),
+            "public_key": _spki(info.public_key).hex(),
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def _decode_info(slot: int, raw: bytes) -> KeyInfo:
+    try:
+        d: dict[str, Any] = json.loads(raw)
+        public_key = load_der_public_key(bytes.fromhex(d["public_key"]))
+        if not isinstance(
+            public_key,
+            rsa.RSAPublicKey
+            | ec.EllipticCurvePublicKey
+            | ed25519.Ed25519PublicKey
+            | x25519.X25519PublicKey,
+        ):
+            raise ValueError(f"unexpected key {type(public_key).__name__}")
+        return KeyInfo(
+            KeyType(d["type"]),
+            PinPolicy(d["pin_policy"]),
+            TouchPolicy(d["touch_policy"]),
+            Origin(d["origin"]),
+            public_key,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptStore(f"slot {slot:02X}: malformed key information ({e})") from None
+
+
+def _decode_private_key(slot: int, der: bytes) -> PrivateKey:
+    try:
+        # The blob is authenticated (AES-GCM) and was validated when it was stored;
+        # OpenSSL's RSA check would add ~30 ms to every use.
+        key = load_der_private_key(der, None, unsafe_skip_rsa_key_validation=True)
+    except (TypeError, ValueError) as e:
+        raise CorruptStore(f"slot {slot:02X}: malformed private key ({e})") from None
+    if not isinstance(
+        key,
+        rsa.RSAPrivateKey
+        | ec.EllipticCurvePrivateKey
+        | ed25519.Ed25519PrivateKey
+        | x25519.X25519PrivateKey,
+    ):
+        raise CorruptStore(f"slot {slot:02X}: unexpected key {type(key).__name__}")
+    return key
+
+
+def key_protection(slot: int, pin_policy: PinPolicy) -> str:
+    """How the private key of ``slot`` is stored: PIN-bound unless anyone may use it."""
+    if slot == ATTESTATION_SLOT or pin_policy is PinPolicy.NEVER:
+        return CARD
+    return bound(BINDING)
+
+
+class StoredKeyStore(KeyStore):
+    """PIV private keys in a :class:`StoredCard`; PIN-protected ones sealed to the PIN binding."""
+
+    def __init__(self, card: StoredCard) -> None:
+        self._card = card
+
+    def __repr__(self) -> str:
+        return f"<StoredKeyStore {self._card.name!r} slots={self._occupied_slots()}>"
+
+    def _load_info(self, slot: int) -> KeyInfo | None:
+        raw = self._card.get(_info_name(slot))
+        return None if raw is None else _decode_info(slot, raw)
+
+    def _load_private_key(self, slot: int) -> PrivateKey:
+        try:
+            der = self._card.get(_key_name(slot))
+        except BindingLocked:
+            # The applet checked the PIN policy first, so this is a session whose PIN
+            # status outlived the binding: ask for the PIN again.
+            raise SecurityStatusNotSatisfied(f"slot {slot:02X} needs the PIN") from None
+        info = self._load_info(slot)
+        if der is None or info is None:
+            raise CorruptStore(f"slot {slot:02X}: key information without a key")
+        key = _decode_private_key(slot, der)
+        # Bound blobs do not name their slot (MOVE KEY renames them without the PIN):
+        # a key swapped between slots in the file is caught here.
+        if _spki(key.public_key()) != _spki(info.public_key):
+            raise CorruptStore(f"slot {slot:02X}: the private key does not match the slot")
+        return key
+
+    def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> None:
+        der = private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+        replacing = self._card.protection_of(_key_name(slot)) is not None
+        with self._card.transaction():
+            self._card.put(_info_name(slot), _encode_info(info))
+            self._card.put(_key_name(slot), der, protection=key_protection(slot, info.pin_policy))
+            if replacing:
+                self._card.scrub()  # the old private key must not linger in the files
+
+    def _erase(self, slot: int) -> None:
+        with self._card.transaction():
+            self._card.delete(_key_name(slot))
+            self._card.delete(_info_name(slot))
+            self._card.scrub()
+
+    def _move(self, src: int, dst: int) -> None:
+        # Renames without unsealing anything: MOVE KEY needs the management key only.
+        with self._card.transaction():
+            self._card.rename(_info_name(src), _info_name(dst))
+            self._card.rename(_key_name(src), _key_name(dst))
+            self._card.scrub()
+
+    def _occupied_slots(self) -> list[int]:
+        slots = []
+        for name in self._card.names(_SLOT_PREFIX):
+            number, _, kind = name[len(_SLOT_PREFIX) :].partition("/")
+            if kind == "info":
+                slots.append(int(number, 16))
+        return slots
+
+    def _load_attestation_certificate(self) -> bytes | None:
+        return self._card.get(_ATTESTATION_CERT)
+
+    def _store_attestation_certificate(self, der: bytes | None) -> None:
+        if der is None:
+            self._card.delete(_ATTESTATION_CERT)
+        else:
+            self._card.put(_ATTESTATION_CERT, der)
+
+    def reset(self) -> None:
+        with self._card.transaction():  # all slots or none
+            super().reset()
+
+
+# -- PIN, PUK, counters, objects ----------------------------------------------------------
+
+
+def _storable(record: PivRecord) -> PivRecord:
+    """``record`` as stored: no objects (they are records of their own), no secret values."""
+    pin = record.pin if hmac.compare_digest(record.pin, DEFAULT_PIN) else b""
+    puk = record.puk if hmac.compare_digest(record.puk, DEFAULT_PUK) else b""
+    return replace(record, pin=pin, puk=puk, objects=_NO_OBJECTS)
+
+
+class StoredPivStore:
+    """The applet's commit point: ``save`` writes the record and changed objects, durably."""
+
+    def __init__(self, card: StoredCard) -> None:
+        self._card = card
+        self._saved: PivRecord | None = None  # what the card holds, once known
+
+    def save(self, record: PivRecord) -> None:
+        previous = self._saved
+        old_objects = previous.objects if previous is not None else _NO_OBJECTS
+        with self._card.transaction():
+            self._card.put(RECORD, _storable(record).to_json().encode())
+            if record.objects is not old_objects:
+                for tag in old_objects.keys() - record.objects.keys():
+                    self._card.delete(_object_name(tag))
+                for tag, value in record.objects.items():
+                    if old_objects.get(tag) != value:
+                        self._card.put(_object_name(tag), value)
+            if previous is not None and previous.management_key is not record.management_key:
+                self._card.scrub()  # the old management key must not linger in the files
+        self._saved = record
+
+    def forget(self, record: PivRecord) -> None:
+        """A transaction around :meth:`save` rolled back: ``record`` is what is stored."""
+        self._saved = record
+
+    def load(self) -> PivRecord | None:
+        """The stored record with its objects, or None for a card without PIV data."""
+        raw = self._card.get(RECORD)
+        if raw is None:
+            return None
+        try:
+            record = PivRecord.from_json(raw.decode())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptStore(f"card {self._card.name!r}: {e}") from None
+        objects: dict[int, bytes] = {}
+        for name in self._card.names(_OBJECT_PREFIX):
+            value = self._card.get(name)
+            try:
+                tag = int(name[len(_OBJECT_PREFIX) :], 16)
+            except ValueError:
+                raise CorruptStore(
+                    f"card {self._card.name!r}: bad object record {name!r}"
+                ) from None
+            if value is not None:
+                objects[tag] = value
+        record = replace(record, objects=MappingProxyType(objects))
+        self._saved = record
+        return record
+
+
+class StoredPivData(PivData):
+    """PIV data whose PIN and PUK are checked by the backend through the PIN binding."""
+
+    def __init__(self, card: StoredCard, record: PivRecord, store: StoredPivStore) -> None:
+        super().__init__(record, store=store)
+        self._card = card
+        self._stored = store
+
+    @contextlib.contextmanager
+    def _group(self) -> Iterator[None]:
+        """Changes to the binding and the record, committed together or not at all."""
+        before = self.record
+        try:
+            with self._card.transaction():
+                yield
+        except BaseException:
+            self._record = before
+            self._stored.forget(before)
+            raise
+
+    def matches(self, ref: Reference, candidate: bytes) -> bool:
+        """Whether ``candidate`` unseals the binding's ``ref`` role (the backend compares).
+
+        The applet has already committed the decremented counter. A try the
+        anti-hammering refused without comparing is given back: ``6985``.
+        """
+        try:
+            self._card.unlock(BINDING, _ROLES[ref], candidate)
+        except AuthFailed:
+            return False
+        except LockedOut as e:
+            tries = self.tries(ref)
+            restored = RetryCounter(tries.maximum, min(tries.maximum, tries.remaining + 1))
+            self.commit(self.record.with_secret(ref, tries=restored))
+            raise ConditionsNotSatisfied(f"{ref.name} not checked: {e}") from None
+        return True
+
+    def set_secret(self, ref: Reference, value: bytes) -> None:
+        """Re-seal the binding under the new value (the old blob is destroyed)."""
+        stored = value if hmac.compare_digest(value, _DEFAULTS[ref]) else b""
+        try:
+            with self._group():
+                self._card.rebind(BINDING, _ROLES[ref], value)
+                super().set_secret(ref, stored)
+        except BindingLocked:
+            raise SecurityStatusNotSatisfied(f"{ref.name} change needs the binding") from None
+
+    def set_retries(self, pin_tries: int, puk_tries: int) -> None:
+        """New maxima; PIN and PUK back to their defaults (the binding re-sealed)."""
+        try:
+            with self._group():
+                self._card.rebind(BINDING, _ROLES[Reference.PIN], DEFAULT_PIN)
+                self._card.rebind(BINDING, _ROLES[Reference.PUK], DEFAULT_PUK)
+                super().set_retries(pin_tries, puk_tries)
+        except BindingLocked:
+            raise SecurityStatusNotSatisfied("SET PIN RETRIES needs the binding") from None
+        finally:
+            self._card.lock(BINDING)  # every channel lost its PIN status
+
+    def factory_reset(self) -> None:
+        """A new binding under the default PIN and PUK; the old one and its keys destroyed."""
+        try:
+            with self._group():
+                if BINDING in self._card.bindings():
+                    self._card.delete_binding(BINDING)
+                self._card.create_binding(BINDING, _FACTORY_SECRETS)
+                super().factory_reset()
+        finally:
+            self._card.lock(BINDING)
+
+
+# -- the applet -----------------------------------------------------------------------------
+
+
+class StoredPivApplet(PivApplet):
+    """The PIV applet of a stored card: locks the PIN binding when no channel has the PIN."""
+
+    def __init__(self, card: StoredCard, data: StoredPivData) -> None:
+        self.stored_card = card
+        self._sessions: list[SecurityState] = []
+        super().__init__(StoredKeyStore(card), data=data)
+
+    def new_session(self) -> SecurityState:
+        session = super().new_session()
+        self._sessions.append(session)
+        return session
+
+    def deselect(self, session: SecurityState) -> None:
+        try:
+            super().deselect(session)
+        finally:
+            self._sessions = [s for s in self._sessions if s is not session]
+            self._relock()
+
+    def process(self, apdu: CommandApdu, session: SecurityState) -> bytes | Response:
+        try:
+            return super().process(apdu, session)
+        finally:
+            self._relock()
+
+    def _relock(self) -> None:
+        # Sessions only ever lose PIN status without the binding noticing, never gain
+        # it: a stale "verified" of another channel keeps the key at most until that
+        # channel's next command or the end of its session.
+        if not any(session.pin_verified for session in self._sessions):
+            self.stored_card.lock(BINDING)
+
+
+def open_piv(card: StoredCard, *, serial: int | None = None) -> StoredPivApplet:
+    """The PIV applet of ``card``; a card without PIV data is provisioned factory-fresh.
+
+    Provisioning (PIN binding, factory record, F9 attestation key and
+    certificate) is one transaction: a card killed halfway has no PIV data and
+    is provisioned again at the next open.
+    """
+    store = StoredPivStore(card)
+    record = store.load()
+    if record is not None:
+        if serial is not None and serial != record.serial:
+            raise ValueError(f"serial {serial} differs from the card's {record.serial}")
+        card.lock(BINDING)
+        return StoredPivApplet(card, StoredPivData(card, record, store))
+    fresh = PivRecord.factory(serial if serial is not None else random_serial())
+    try:
+        with card.transaction():
+            # Leftovers of another program (no PIV record): not a card we can trust.
+            if BINDING in card.bindings():
+                card.delete_binding(BINDING)
+            for name in card.names("piv/"):
+                card.delete(name)
+            card.create_binding(BINDING, _FACTORY_SECRETS)
+            data = StoredPivData(card, fresh, store)
+            data.commit(fresh)
+            applet = StoredPivApplet(card, data)  # generates F9, commits its certificate
+    finally:
+        card.lock(BINDING)
+    return applet
