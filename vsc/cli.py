@@ -1,0 +1,59 @@
+"""The ``vsc`` command line: one subcommand (group) per feature.
+
+Each feature module offers ``register(subparsers)``, which adds its
+subcommand and sets ``handler`` (``Callable[[argparse.Namespace], int]``) on
+its parsers with ``set_defaults``; :func:`main` parses, configures logging
+once and calls the handler. To add a command, write its ``register`` and
+append it to :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Final, TypeAlias
+
+from .share import cli as share_cli
+from .trace import TRACE
+
+__all__ = ["COMMANDS", "Subparsers", "build_parser", "main"]
+
+# argparse has no public name for it; subscripted only for the type checker.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+#: The registered subcommands, in help order.
+COMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (share_cli.register,)
+
+_LEVELS: Final = (logging.WARNING, logging.INFO, logging.DEBUG, TRACE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vsc", description="vsc: a virtual smart card.")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: progress; -vv: debug; -vvv: also the APDU trace (secrets masked)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = _LEVELS[min(args.verbose, len(_LEVELS) - 1)]
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The share event log: what was shared, unshared, inserted and removed, when.
+
+Each side records its events twice: as JSON lines in ``events.log`` of its
+share home (``{"time": ..., "event": "shared", "reader": "Reader 1",
+"session": "...", "message": "Reader 1 shared into session ..."}``), for
+people and scripts, and as INFO records of the logger ``vsc.share.events``
+for whatever logging the program set up. Never a PIN or an APDU: those go to
+the masked trace (:mod:`vsc.share.masking`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EventKind", "EventLog", "read_events"]
+
+logger = logging.getLogger("vsc.share.events")
+
+
+class EventKind(Enum):
+    """The ``event`` field of a log line."""
+
+    SERVING = "serving"
+    STOPPED = "stopped"
+    PAIRED = "paired"
+    PAIRING_FAILED = "pairing-failed"
+    REFUSED = "refused"
+    SHARED = "shared"  # service: a reader was attached to a session
+    ATTACHED = "attached"  # endpoint: a remote reader now feeds the local pcscd
+    UNSHARED = "unshared"
+    CARD_INSERTED = "card-inserted"
+    CARD_REMOVED = "card-removed"
+    READER_ADDED = "reader-added"
+    READER_REMOVED = "reader-removed"
+    LINK_LOST = "link-lost"
+
+
+class EventLog:
+    """Appends events to a JSON-lines file (optional) and to the ``vsc.share.events`` logger."""
+
+    def __init__(self, path: Path | None, side: str) -> None:
+        self.path = path
+        self.side = side
+        self._lock = threading.Lock()
+
+    def record(self, kind: EventKind, message: str, **fields: str | int | None) -> None:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "side": self.side,
+            "event": kind.value,
+            **{k: v for k, v in fields.items() if v is not None},
+            "message": message,
+        }
+        logger.info("%s", message)
+        if self.path is None:
+            return
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        with self._lock:
+            try:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write(line)
+            except OSError:
+                logger.exception("cannot write the event log %s", self.path)
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The events of a log file, oldest first (for tools and tests)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]

@@ -1,0 +1,376 @@
+"""Where a machine keeps its share state: identity, pinned peers, reader names, pairing code.
+
+One directory per machine and user (:func:`default_home`), mode 0700:
+
+``identity.key`` / ``identity.crt``
+    This machine's TLS identity: an EC P-256 key (PKCS#8 PEM, mode 0600) and
+    a self-signed certificate, created on first use.
+``peers.json``
+    The pinned peers: each paired machine's certificate and its SHA-256
+    fingerprint. TLS trusts exactly these certificates (and, on the service,
+    its own: the local CLI talks to its service with the service's identity).
+``readers.json``
+    The stable reader names: PC/SC reader name -> "Reader N". A name, once
+    given, is never reused for another reader.
+``pairing.json``
+    A pending one-time pairing code (mode 0600, expires, consumed by the
+    first pairing attempt).
+``events.log``
+    The event log, JSON lines (:mod:`vsc.share.events`).
+``service.json``
+    Where this machine's running service listens, for the local CLI.
+
+Every file is written to a temporary name and renamed into place, so a crash
+never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "HOME_ENV",
+    "Identity",
+    "Peer",
+    "ShareHome",
+    "default_home",
+    "fingerprint",
+    "format_fingerprint",
+]
+
+HOME_ENV: Final = "VSC_SHARE_HOME"
+_CERT_DAYS: Final = 3650
+_READER_PREFIX: Final = "Reader "
+
+
+def default_home() -> Path:
+    """``$VSC_SHARE_HOME``, else ``$XDG_DATA_HOME/vsc/share`` (``~/.local/share/vsc/share``)."""
+    explicit = os.environ.get(HOME_ENV)
+    if explicit:
+        return Path(explicit)
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "vsc" / "share"
+
+
+def fingerprint(certificate_der: bytes) -> bytes:
+    """SHA-256 of a DER certificate: what peers pin."""
+    return hashlib.sha256(certificate_der).digest()
+
+
+def format_fingerprint(value: bytes, groups: int | None = None) -> str:
+    """``AB12:CD34:...`` (all groups, or the first ``groups``) for people to compare."""
+    text = value.hex().upper()
+    parts = [text[i : i + 4] for i in range(0, len(text), 4)]
+    return ":".join(parts if groups is None else parts[:groups])
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """This machine's TLS key and certificate (paths for ``ssl``, DER for pairing)."""
+
+    key_path: Path
+    cert_path: Path
+    certificate: bytes  # DER
+
+    @property
+    def fingerprint(self) -> bytes:
+        return fingerprint(self.certificate)
+
+    @property
+    def pem(self) -> str:
+        return (
+            x509.load_der_x509_certificate(self.certificate)
+            .public_bytes(serialization.Encoding.PEM)
+            .decode()
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A pinned peer."""
+
+    fingerprint: bytes
+    certificate: bytes  # DER
+    name: str
+    paired_at: str
+    address: str = ""
+
+    @property
+    def pem(self) -> str:
+        return (
+            x509.load_der_x509_certificate(self.certificate)
+            .public_bytes(serialization.Encoding.PEM)
+            .decode()
+        )
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _new_certificate(name: str) -> tuple[bytes, bytes]:
+    """A fresh P-256 key (PKCS#8 PEM) and a self-signed certificate (DER) for TLS."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    # A unique subject: OpenSSL finds trust anchors by subject name, so two machines
+    # with the same host name must not look alike.
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8)),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=_CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, certificate.public_bytes(serialization.Encoding.DER)
+
+
+class ShareHome:
+    """The share state directory of one machine. Thread-safe; files are the truth."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_home()
+        self._lock = threading.RLock()
+
+    def ensure(self) -> None:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    # -- files -------------------------------------------------------------------
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.log"
+
+    def _read_json(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads((self.path / name).read_text())
+        except FileNotFoundError:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path / name}: not a JSON object")
+        return data
+
+    def _write_json(self, name: str, data: dict[str, Any]) -> None:
+        self.ensure()
+        _write_atomic(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
+
+    # -- identity ----------------------------------------------------------------
+
+    def identity(self, name: str | None = None) -> Identity:
+        """This machine's identity, created on first use."""
+        key_path, cert_path = self.path / "identity.key", self.path / "identity.crt"
+        with self._lock:
+            if not cert_path.exists() or not key_path.exists():
+                self.ensure()
+                label = name or f"vsc-share {socket.gethostname()}"
+                key_pem, cert_der = _new_certificate(label)
+                _write_atomic(key_path, key_pem, 0o600)
+                cert_pem = x509.load_der_x509_certificate(cert_der).public_bytes(
+                    serialization.Encoding.PEM
+                )
+                _write_atomic(cert_path, cert_pem, 0o644)
+            pem = cert_path.read_bytes()
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+        return Identity(key_path, cert_path, der)
+
+    def own_peer(self) -> Peer:
+        """This machine's identity as a :class:`Peer` (the local CLI pins its own service)."""
+        identity = self.identity()
+        return Peer(identity.fingerprint, identity.certificate, "this machine", "")
+
+    # -- pinned peers --------------------------------------------------------------
+
+    def peers(self) -> list[Peer]:
+        with self._lock:
+            entries = self._read_json("peers.json").get("peers", [])
+        return [
+            Peer(
+                fingerprint=bytes.fromhex(entry["fingerprint"]),
+                certificate=bytes.fromhex(entry["certificate"]),
+                name=str(entry.get("name", "")),
+                paired_at=str(entry.get("paired_at", "")),
+                address=str(entry.get("address", "")),
+            )
+            for entry in entries
+        ]
+
+    def peers_mtime(self) -> float:
+        """Changes when peers.json changes (to reload TLS trust)."""
+        try:
+            return (self.path / "peers.json").stat().st_mtime_ns / 1e9
+        except FileNotFoundError:
+            return 0.0
+
+    def find_peer(self, value: bytes) -> Peer | None:
+        for peer in self.peers():
+            if peer.fingerprint == value:
+                return peer
+        return None
+
+    def pin(self, certificate: bytes, name: str, address: str = "") -> Peer:
+        """Pin a peer's certificate (replacing an older pin of the same certificate)."""
+        peer = Peer(
+            fingerprint=fingerprint(certificate),
+            certificate=certificate,
+            name=name,
+            paired_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            address=address,
+        )
+        with self._lock:
+            kept = [p for p in self.peers() if p.fingerprint != peer.fingerprint]
+            self._save_peers([*kept, peer])
+        return peer
+
+    def unpin(self, prefix: str) -> list[Peer]:
+        """Forget the peers whose fingerprint (hex, colons ignored) starts with ``prefix``."""
+        wanted = prefix.replace(":", "").lower()
+        if not wanted:
+            raise ValueError("empty fingerprint prefix")
+        with self._lock:
+            peers = self.peers()
+            gone = [p for p in peers if p.fingerprint.hex().startswith(wanted)]
+            self._save_peers([p for p in peers if p not in gone])
+        return gone
+
+    def _save_peers(self, peers: list[Peer]) -> None:
+        self._write_json(
+            "peers.json",
+            {
+                "peers": [
+                    {
+                        "fingerprint": p.fingerprint.hex(),
+                        "name": p.name,
+                        "paired_at": p.paired_at,
+                        "address": p.address,
+                        "certificate": p.certificate.hex(),
+                    }
+                    for p in peers
+                ]
+            },
+        )
+
+    # -- stable reader names -------------------------------------------------------------
+
+    def reader_names(self) -> dict[str, str]:
+        """PC/SC name -> stable name, as persisted."""
+        with self._lock:
+            names = self._read_json("readers.json").get("readers", {})
+        return {str(k): str(v) for k, v in names.items()}
+
+    def name_readers(self, pcsc_names: list[str]) -> dict[str, str]:
+        """Stable names for ``pcsc_names``, giving new readers the next free number."""
+        with self._lock:
+            names = self.reader_names()
+            used = {_number(v) for v in names.values()}
+            new = [n for n in pcsc_names if n not in names]
+            for pcsc_name in new:
+                number = max(used, default=0) + 1
+                used.add(number)
+                names[pcsc_name] = f"{_READER_PREFIX}{number}"
+            if new:
+                self._write_json("readers.json", {"readers": names})
+        return {n: names[n] for n in pcsc_names}
+
+    # -- the pending pairing code ----------------------------------------------------------
+
+    def offer_pairing(self, code: str, lifetime: float) -> float:
+        """Store a one-time pairing code; returns its expiry (epoch seconds)."""
+        expires = time.time() + lifetime
+        with self._lock:
+            self._write_json("pairing.json", {"code": code, "expires": expires})
+        return expires
+
+    def take_pairing_code(self) -> str | None:
+        """The pending code, consumed (one attempt per code); None if none or expired."""
+        with self._lock:
+            data = self._read_json("pairing.json")
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / "pairing.json").unlink()
+        code, expires = data.get("code"), data.get("expires")
+        if not isinstance(code, str) or not isinstance(expires, int | float):
+            return None
+        return code if time.time() < expires else None
+
+    # -- the running service's address, for the local CLI ----------------------------------
+
+    def record_service(self, host: str, port: int) -> None:
+        self._write_json("service.json", {"host": host, "port": port, "pid": os.getpid()})
+
+    def forget_service(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / "service.json").unlink()
+
+    def service_address(self) -> tuple[str, int] | None:
+        """Where this machine's service listens (a wildcard address read as loopback)."""
+        data = self._read_json("service.json")
+        host, port = data.get("host"), data.get("port")
+        if not isinstance(host, str) or not isinstance(port, int):
+            return None
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return host, port
+
+
+def _number(name: str) -> int:
+    suffix = name.removeprefix(_READER_PREFIX)
+    return int(suffix) if suffix.isdigit() else 0
