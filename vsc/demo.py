@@ -8,7 +8,6 @@ says why and runs the same conversation in-process through yubikit instead.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 
 from .testing.emulator_proc import EmulatorProcess
 from .testing.pcscd import PcscdEnv, skip_reason
+from .testing.tools import find_pkcs11_module
 
 PIN = "123456"
 
@@ -81,14 +81,7 @@ def through_pcscd() -> bool:
 
 
 def _pkcs11_module() -> str:
-    for path in (
-        "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
-        "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
-        "/usr/lib/opensc-pkcs11.so",
-    ):
-        if os.path.exists(path):
-            return path
-    return "opensc-pkcs11.so"
+    return find_pkcs11_module() or "opensc-pkcs11.so"
 
 
 def in_process() -> bool:

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from vsc.testing import EmulatorProcess, PcscdEnv
+from vsc.testing.tools import find_pkcs11_module
 from vsc.tlv import parse_dict
 
 from .conftest import CARD_TIMEOUT, _remember, unavailable
@@ -48,11 +49,6 @@ FACTORY_KEY = "0102030405060708" * 3
 OTHER_KEY = "00112233445566778899AABBCCDDEEFF0123456789ABCDEF"
 SELECT_PIV = bytes.fromhex("00A4040005A000000308")
 GET_SERIAL = bytes.fromhex("00F8000000")
-PKCS11_MODULES = (
-    "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
-    "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
-    "/usr/lib/opensc-pkcs11.so",
-)
 #: Yubico attestation extension carrying the serial (piv-reference §6.6).
 OID_SERIAL = x509.ObjectIdentifier("1.3.6.1.4.1.41482.3.7")
 META_ORIGIN_GENERATED = b"\x01"
@@ -140,10 +136,10 @@ def public_pem(private_key: Path) -> Path:
 
 
 def pkcs11_module() -> str:
-    for path in PKCS11_MODULES:
-        if Path(path).exists():
-            return path
-    unavailable("opensc-pkcs11.so not found (Debian: opensc-pkcs11)")
+    path = find_pkcs11_module()
+    if path is None:
+        unavailable("opensc-pkcs11.so not found (Debian: opensc-pkcs11)")
+    return path
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from vsc.share.home import ShareHome
 from vsc.share.protocol import Attach, Attached, Error, ErrorCode
 from vsc.testing import EmulatorProcess, HarnessError, PcscdEnv
 from vsc.testing.pcscd import die_with_parent_argv, stop_process
+from vsc.testing.tools import find_pkcs11_module
 
 pytestmark = pytest.mark.e2e
 
@@ -61,14 +62,10 @@ SELECT_PIV = "00A4040005A000000308"
 
 
 def _pkcs11_module() -> str:
-    for path in (
-        "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
-        "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
-        "/usr/lib/opensc-pkcs11.so",
-    ):
-        if os.path.exists(path):
-            return path
-    pytest.skip("opensc-pkcs11.so not found")
+    path = find_pkcs11_module()
+    if path is None:
+        pytest.skip("opensc-pkcs11.so not found")
+    return path
 
 
 # --- a network namespace joined by a veth pair -------------------------------------------------
