@@ -88,11 +88,24 @@ class PivRecord:
         self, ref: Reference, value: bytes | None = None, tries: RetryCounter | None = None
     ) -> PivRecord:
         """A copy with the PIN or PUK value and/or counter replaced."""
-        value = self.secret(ref) if value is None else value
-        tries = self.tries(ref) if tries is None else tries
+        # The constructor, not dataclasses.replace (~2 us more): VERIFY commits twice.
         if ref is Reference.PIN:
-            return replace(self, pin=value, pin_tries=tries)
-        return replace(self, puk=value, puk_tries=tries)
+            pin = self.pin if value is None else value
+            pin_tries = self.pin_tries if tries is None else tries
+            puk, puk_tries = self.puk, self.puk_tries
+        else:
+            pin, pin_tries = self.pin, self.pin_tries
+            puk = self.puk if value is None else value
+            puk_tries = self.puk_tries if tries is None else tries
+        return PivRecord(
+            serial=self.serial,
+            pin=pin,
+            pin_tries=pin_tries,
+            puk=puk,
+            puk_tries=puk_tries,
+            management_key=self.management_key,
+            objects=self.objects,
+        )
 
     # -- serialisation (for persistent stores) ------------------------------------
 
