@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit deps venv bench clean
+.PHONY: demo test lint typecheck unit deps venv bench fuzz clean
 
 demo: deps $(STAMP)
 	$(PY) -m vsc.demo
@@ -32,6 +32,11 @@ $(STAMP): pyproject.toml
 
 bench: deps $(STAMP)
 	$(PY) -m benchmarks
+
+# A long campaign; CI runs a short one inside `make test` (tests/test_fuzz.py).
+FUZZ_ARGS ?= --iterations 1000000 --progress 300
+fuzz: $(STAMP)
+	$(PY) -m vsc.fuzz $(FUZZ_ARGS) --crash-dir fuzz-crashes
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

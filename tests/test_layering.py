@@ -15,7 +15,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Modules of the vsc package that are adapters; everything else is engine.
-ADAPTERS = {"emulator", "inproc", "testing", "demo", "cli", "pcsc", "share", "tpm", "store"}
+ADAPTERS = {
+    "emulator",
+    "inproc",
+    "testing",
+    "demo",
+    "fuzz",
+    "fuzz_corpus",
+    "fuzz_mutate",
+    "lifecycle",
+    "cli",
+    "pcsc",
+    "share",
+    "tpm",
+    "store",
+}
 
 FORBIDDEN = {
     "socket",

@@ -447,13 +447,13 @@ class PivApplet(Applet[SecurityState]):
         if items == {TAG_CHALLENGE: b""} and p1 in (0x00, key.key_type):
             # Single authentication step 1 (also OpenSC's RNG, with P1 = 00).
             challenge = secrets.token_bytes(size)
-            session.challenge = Challenge(ChallengeKind.CHALLENGE, key.key_type, challenge)
+            session.challenge = Challenge(ChallengeKind.CHALLENGE, key.key_type, challenge, key)
             return _dyn_auth(TAG_CHALLENGE, challenge)
         if p1 != key.key_type:
             raise IncorrectParameters(f"management key is {key.key_type.name}, not P1 {p1:02X}")
         if items == {TAG_WITNESS: b""}:  # mutual authentication step 1
             witness = secrets.token_bytes(size)
-            session.challenge = Challenge(ChallengeKind.WITNESS, key.key_type, witness)
+            session.challenge = Challenge(ChallengeKind.WITNESS, key.key_type, witness, key)
             return _dyn_auth(TAG_WITNESS, key.encrypt(witness))
         pending = session.previous_challenge
         if set(items) in ({TAG_WITNESS, TAG_CHALLENGE}, {TAG_WITNESS, TAG_CHALLENGE, TAG_RESPONSE}):
@@ -478,8 +478,8 @@ class PivApplet(Applet[SecurityState]):
     def _check_challenge(
         pending: Challenge | None, kind: ChallengeKind, answer: bytes, key: ManagementKey
     ) -> None:
-        if pending is None or pending.kind is not kind or pending.algorithm != key.key_type:
-            raise SecurityStatusNotSatisfied("no challenge outstanding")
+        if pending is None or pending.kind is not kind or pending.key != key:
+            raise SecurityStatusNotSatisfied("no challenge outstanding under this key")
         expected = pending.value if kind is ChallengeKind.WITNESS else key.encrypt(pending.value)
         if not hmac.compare_digest(expected, answer):
             raise SecurityStatusNotSatisfied("management key authentication failed")

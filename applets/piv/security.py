@@ -41,6 +41,9 @@ class Challenge:
     kind: ChallengeKind
     algorithm: int
     value: bytes = field(repr=False)
+    #: The management key it was issued under: a key changed meanwhile (on
+    #: another channel) makes the answer worthless.
+    key: object = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
