@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 from vsc.sw import SW, ApduError, InvalidData
 
+from . import openssl_rsa
+
 PowMod = Callable[[int, int, int], int]
 
 
@@ -119,6 +121,9 @@ def private_op(key: rsa.RSAPrivateKey, block: bytes) -> bytes:
         signature = _pkcs1v15_fast_path(key, k, block)
         if signature is not None:
             return signature
+    raw = openssl_rsa.private_op(key, block)
+    if raw is not None:
+        return raw
     crt = RsaCrtKey.from_private_key(key)
     check_block(crt.n, block)
     return blinded_private_op(crt, block)
