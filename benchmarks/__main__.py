@@ -21,6 +21,7 @@ GROUPS: dict[str, str] = {
     "e2e": "benchmarks.e2e",
     "cards": "benchmarks.cards",
     "tpm": "benchmarks.tpm",
+    "share": "benchmarks.share",
 }
 DEFAULT_RESULTS = REPO / "benchmarks" / "results"
 
