@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final, TypeAlias
 
+from .lifecycle import cli as lifecycle_cli
 from .share import cli as share_cli
 from .trace import TRACE
 
@@ -24,7 +25,10 @@ __all__ = ["COMMANDS", "Subparsers", "build_parser", "main"]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: The registered subcommands, in help order.
-COMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (share_cli.register,)
+COMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (
+    lifecycle_cli.register,
+    share_cli.register,
+)
 
 _LEVELS: Final = (logging.WARNING, logging.INFO, logging.DEBUG, TRACE)
 

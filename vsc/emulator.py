@@ -63,6 +63,7 @@ from applets.piv import PivApplet
 
 from . import trace
 from .card import Card
+from .lifecycle.audit import AuditLog
 from .store import (
     BackendSpec,
     CardExists,
@@ -75,6 +76,7 @@ from .store import (
 )
 from .store import open_card as open_stored_card
 from .store.piv import open_piv
+from .store.store import CARDS_DIR
 from .vpcd import (
     NEED_DATA,
     Command,
@@ -204,8 +206,13 @@ def open_card(
         if info.kind == "plain":
             log.warning("card %r: --insecure-plain: its keys and PINs are NOT protected", name)
         log.info("card %r at %s: %s", name, path, info.summary)
+        applet = open_piv(stored)
+        if path.parent.name == CARDS_DIR:
+            # A card of a store: lifecycle events through its APDUs go to the store's audit
+            # log (a managed card's lock and expiry are the applet's own business).
+            applet.events = AuditLog(path.parent.parent, via="emulator").card_hook(name)
         card = Card()
-        card.register(open_piv(stored), default=True)
+        card.register(applet, default=True)
         card.register(EchoApplet())
     except BaseException:
         stored.close()

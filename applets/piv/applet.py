@@ -28,9 +28,10 @@ by :attr:`PivApplet.clock`.
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from vsc.apdu import CommandApdu
 from vsc.applet import Applet, Response, command
@@ -43,6 +44,7 @@ from vsc.sw import (
     InvalidPin,
     NotFound,
     SecurityStatusNotSatisfied,
+    WrongLength,
 )
 from vsc.tlv import encode_tlv, parse_tlv, parse_tlvs
 
@@ -62,6 +64,7 @@ from .keys import (
     parse_private_key,
     resolve_touch_policy,
 )
+from .managed import Managed
 from .mgmt import ManagementKey, ManagementKeyType
 from .objects import (
     DISCOVERY_OBJECT,
@@ -72,8 +75,11 @@ from .objects import (
     is_stored,
     max_size,
 )
+from .pinrules import PinRuleError, strip_padding
 from .security import Challenge, ChallengeKind, SecurityState
 from .state import PIN_BLOCK_SIZE, PivData, PivRecord, Reference, random_serial
+
+log = logging.getLogger(__name__)
 
 #: The firmware version GET VERSION reports: 5.7 unlocks AES management keys,
 #: metadata, MOVE/DELETE, RSA-3072/4096 and the 25519 keys in ykman.
@@ -99,6 +105,20 @@ INS_RESET = 0xFB
 INS_GET_VERSION = 0xFD
 INS_IMPORT_KEY = 0xFE
 INS_SET_MANAGEMENT_KEY = 0xFF
+#: vsc's lock control of managed cards (vendor-specific; 6D00 on other cards).
+INS_LOCK = 0xF1
+
+# RESET RETRY COUNTER P1 (ISO 7816-4): 00 resetting code + new value; 02 new value
+# only, the resetting authority being established otherwise (here: the management key).
+RESET_WITH_PUK = 0x00
+RESET_BY_ADMIN = 0x02
+
+# INS_LOCK P1: status, lock (now or in N seconds), unlock (for N seconds or unrestricted).
+LOCK_STATUS = 0x00
+LOCK_SET = 0x01
+LOCK_RELEASE = 0x02
+#: "No lock scheduled" in the lock status and "unrestricted" nowhere else.
+NO_LOCK = 0xFFFFFFFF
 
 SLOT_CARD_MANAGEMENT = 0x9B
 
@@ -139,6 +159,10 @@ _SET_MGMT_TOUCH = {0xFF: TouchPolicy.NEVER, 0xFE: TouchPolicy.ALWAYS, 0xFD: Touc
 
 def _approve(slot: int) -> bool:
     return True
+
+
+def _ignore(event: str, details: Mapping[str, object]) -> None:
+    return None
 
 
 def _wrong_secret(left: int) -> ApduError:
@@ -243,6 +267,14 @@ class PivApplet(Applet[SecurityState]):
         self.touch: Callable[[int], bool] = _approve
         #: Monotonic seconds, for CACHED touch.
         self.clock: Callable[[], float] = time.monotonic
+        #: Wall-clock seconds, for a managed card's lock and admin-key recovery.
+        self.wall_clock: Callable[[], float] = time.time
+        #: Lifecycle events of a managed card (unblock, unlock, lock, refusals), for an
+        #: audit log: ``events(name, details)``. Details never hold a secret.
+        self.events: Callable[[str, Mapping[str, object]], None] = _ignore
+        # The lock time this applet last applied to every channel (see _apply_lock).
+        self._lock_applied: float | None = None
+        self._admin_tries_left = 0
         # (RESET count, PIN replacement count): sessions compare it to learn
         # that another channel invalidated their security state.
         self._epoch = (0, 0)
@@ -275,6 +307,7 @@ class PivApplet(Applet[SecurityState]):
         return APPLICATION_PROPERTY_TEMPLATE
 
     def process(self, apdu: CommandApdu, session: SecurityState) -> bytes | Response:
+        self._apply_lock()
         session.sync(self._epoch)
         # A challenge lives for exactly one more command.
         session.previous_challenge, session.challenge = session.challenge, None
@@ -284,6 +317,65 @@ class PivApplet(Applet[SecurityState]):
             session.previous_challenge = None
             if apdu.ins != INS_VERIFY:
                 session.pin_always = False
+
+    # -- managed cards: lock, PIN rules, admin-key counter ----------------------------
+
+    def locked(self) -> bool:
+        """Whether this is a managed card that is locked now."""
+        managed = self.data.managed
+        return managed is not None and managed.locked(self.wall_clock())
+
+    def _apply_lock(self) -> None:
+        # A lock that took effect (a scheduled one, an expired unlock) ends the PIN
+        # status of every channel, once: the PIN epoch moves on.
+        managed = self.data.managed
+        if managed is None or managed.lock_at is None or not managed.locked(self.wall_clock()):
+            return
+        if self._lock_applied != managed.lock_at:
+            self._lock_applied = managed.lock_at
+            self._epoch = (self._epoch[0], self._epoch[1] + 1)
+
+    def _require_unlocked(self, what: str) -> None:
+        if self.locked():
+            log.info("%s refused: the card is locked", what)
+            raise ApduError(SW.AUTH_METHOD_BLOCKED, f"{what}: the card is locked")
+
+    def _check_new_pin(self, block: bytes) -> None:
+        """A managed card's PIN rules; the refusal names the rule, in the log too."""
+        managed = self.data.managed
+        if managed is None:
+            return
+        try:
+            managed.pin_rules.check(strip_padding(block))
+        except PinRuleError as e:
+            log.warning("new PIN refused by the PIN policy: %s", e.reason + f" (rule {e.rule})")
+            self.events("pin-refused", {"rule": e.rule, "reason": e.reason})
+            raise
+
+    def _count_admin_try(self) -> None:
+        """Decrement a managed card's admin-key counter (committed) before a comparison."""
+        if self.data.managed is None:
+            return
+        now = self.wall_clock()
+        try:
+            left = self.data.consume_admin_try(now)
+        except ValueError:
+            wait = self.data.admin_tries(now)[2]
+            log.warning("management key blocked for %.0f s more", wait)
+            raise ApduError(
+                SW.AUTH_METHOD_BLOCKED, f"management key blocked for {wait:.0f} s"
+            ) from None
+        self._admin_tries_left = left
+
+    def _admin_failed(self) -> None:
+        if self.data.managed is not None:
+            left = self._admin_tries_left
+            log.warning("wrong management key answer; %d tries left", left)
+            self.events("admin-key-refused", {"tries_left": left})
+
+    def _admin_succeeded(self) -> None:
+        if self.data.managed is not None:
+            self.data.restore_admin_tries()
 
     # -- access conditions ----------------------------------------------------------
 
@@ -378,6 +470,7 @@ class PivApplet(Applet[SecurityState]):
                 raise InvalidData("VERIFY P1=FF takes no data")
             session.clear_pin()
             return b""
+        self._require_unlocked("VERIFY")
         if not apdu.data:  # status query: never costs a try
             if session.pin_verified:
                 return b""
@@ -399,6 +492,7 @@ class PivApplet(Applet[SecurityState]):
         ref = _reference(apdu.p2)
         if len(apdu.data) != 2 * PIN_BLOCK_SIZE:
             raise InvalidData("old and new value must be 8 bytes each")
+        self._require_unlocked(f"CHANGE REFERENCE DATA ({ref.name})")
         old, new = apdu.data[:PIN_BLOCK_SIZE], apdu.data[PIN_BLOCK_SIZE:]
         try:
             self._check_secret(ref, old)
@@ -408,6 +502,8 @@ class PivApplet(Applet[SecurityState]):
             raise
         if not valid_pin_block(new):
             raise InvalidData(f"new {ref.name} must be 6-8 bytes padded with FF")
+        if ref is Reference.PIN:
+            self._check_new_pin(new)
         self.data.set_secret(ref, new)
         if ref is Reference.PIN:
             session.pin_verified = True
@@ -415,17 +511,38 @@ class PivApplet(Applet[SecurityState]):
 
     @command(INS_RESET_RETRY)
     def reset_retry_counter(self, apdu: CommandApdu, session: SecurityState) -> bytes:
-        if apdu.p1 != 0x00:
+        if apdu.p1 == RESET_BY_ADMIN and self.data.managed is not None:
+            return self._reset_by_admin(apdu, session)
+        if apdu.p1 != RESET_WITH_PUK:
             raise IncorrectParameters("RESET RETRY COUNTER P1 must be 00")
         if _reference(apdu.p2) is not Reference.PIN:
             raise ApduError(SW.REFERENCE_NOT_FOUND, "only the PIN can be reset")
         if len(apdu.data) != 2 * PIN_BLOCK_SIZE:
             raise InvalidData("PUK and new PIN must be 8 bytes each")
+        self._require_unlocked("RESET RETRY COUNTER")
         puk, new = apdu.data[:PIN_BLOCK_SIZE], apdu.data[PIN_BLOCK_SIZE:]
         self._check_secret(Reference.PUK, puk)
         if not valid_pin_block(new):
             raise InvalidData("new PIN must be 6-8 bytes padded with FF")
+        self._check_new_pin(new)
         self.data.set_secret(Reference.PIN, new)
+        return b""
+
+    def _reset_by_admin(self, apdu: CommandApdu, session: SecurityState) -> bytes:
+        """Unblock with the management key (authenticated by GA 9B in this session).
+
+        The card-side half of the helpdesk unblock: a remote tool answers the
+        management key's challenge, then sends the new PIN. A lock stays as it is.
+        """
+        if _reference(apdu.p2) is not Reference.PIN:
+            raise ApduError(SW.REFERENCE_NOT_FOUND, "only the PIN can be reset")
+        self._require_admin(session)
+        if len(apdu.data) != PIN_BLOCK_SIZE or not valid_pin_block(apdu.data):
+            raise InvalidData("new PIN must be 6-8 bytes padded with FF")
+        self._check_new_pin(apdu.data)
+        self.data.reset_pin_as_admin(apdu.data)
+        log.info("PIN reset with the management key")
+        self.events("unblock", {})
         return b""
 
     # -- GENERAL AUTHENTICATE ---------------------------------------------------------
@@ -437,6 +554,8 @@ class PivApplet(Applet[SecurityState]):
             return self._authenticate_admin(apdu.p1, _items(apdu.data), session)
         if slot not in USER_SLOTS:
             raise IncorrectParameters(f"{slot:02X} is not a key reference GA can use")
+        if self.locked():
+            raise SecurityStatusNotSatisfied(f"slot {slot:02X}: the card is locked")
         return self._use_key(apdu.p1, slot, _items(apdu.data), session)
 
     def _authenticate_admin(
@@ -474,15 +593,17 @@ class PivApplet(Applet[SecurityState]):
             return b""
         raise InvalidData("unsupported management key authentication template")
 
-    @staticmethod
     def _check_challenge(
-        pending: Challenge | None, kind: ChallengeKind, answer: bytes, key: ManagementKey
+        self, pending: Challenge | None, kind: ChallengeKind, answer: bytes, key: ManagementKey
     ) -> None:
         if pending is None or pending.kind is not kind or pending.key != key:
             raise SecurityStatusNotSatisfied("no challenge outstanding under this key")
         expected = pending.value if kind is ChallengeKind.WITNESS else key.encrypt(pending.value)
+        self._count_admin_try()  # nothing was compared before this line
         if not hmac.compare_digest(expected, answer):
+            self._admin_failed()
             raise SecurityStatusNotSatisfied("management key authentication failed")
+        self._admin_succeeded()
 
     def _use_key(
         self, p1: int, slot: int, items: dict[int, bytes], session: SecurityState
@@ -637,6 +758,57 @@ class PivApplet(Applet[SecurityState]):
         self._epoch = (self._epoch[0] + 1, self._epoch[1])
         session.sync(self._epoch)
         return b""
+
+    # -- lock control (managed cards) -------------------------------------------------
+
+    @command(INS_LOCK)
+    def lock_control(self, apdu: CommandApdu, session: SecurityState) -> bytes:
+        """Status (P1 00), lock (01, now or in N s), unlock (02, for N s or unrestricted).
+
+        Locking restricts, so it needs nothing; unlocking needs the management
+        key, authenticated in this session (GA 9B), so the duration in the
+        command is the administrator's, not the user's.
+        """
+        managed = self.data.managed
+        if managed is None:
+            raise ApduError(SW.INVALID_INSTRUCTION, "lock control is for managed cards")
+        if apdu.p2 != 0x00 or apdu.p1 not in (LOCK_STATUS, LOCK_SET, LOCK_RELEASE):
+            raise IncorrectParameters("lock control: P1 00, 01 or 02 and P2 00")
+        if apdu.data and len(apdu.data) != 4:
+            raise WrongLength("lock control takes no data or 4 bytes of seconds")
+        seconds = int.from_bytes(apdu.data, "big") if apdu.data else None
+        now = self.wall_clock()
+        if apdu.p1 == LOCK_STATUS:
+            if seconds is not None:
+                raise WrongLength("the lock status takes no data")
+            return self._lock_status(managed, now)
+        if apdu.p1 == LOCK_SET:
+            lock_at = now + (seconds or 0)
+            self.data.set_managed(managed.locked_from(lock_at))
+            self.events("lock", {"at": lock_at})
+        else:
+            self._require_admin(session)
+            lock_at_or_none = None if seconds in (None, NO_LOCK) else now + (seconds or 0)
+            self.data.set_lock(lock_at_or_none)
+            self.events(
+                "unlock",
+                {
+                    "seconds": None if lock_at_or_none is None else seconds,
+                    "until": lock_at_or_none,
+                },
+            )
+        self._apply_lock()
+        session.sync(self._epoch)
+        return b""
+
+    @staticmethod
+    def _lock_status(managed: Managed, now: float) -> bytes:
+        """Locked flag, then seconds until the lock (0: locked; FFFFFFFF: none scheduled)."""
+        if managed.lock_at is None:
+            until = NO_LOCK
+        else:
+            until = max(0, min(NO_LOCK - 1, int(managed.lock_at - now + 0.999)))
+        return bytes((managed.locked(now),)) + until.to_bytes(4, "big")
 
     # -- information ---------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from .keys import TouchPolicy
+from .managed import Managed
 from .mgmt import FACTORY_MANAGEMENT_KEY, ManagementKey, ManagementKeyType
 from .objects import ObjectId
 
@@ -69,6 +70,8 @@ class PivRecord:
     puk_tries: RetryCounter
     management_key: ManagementKey
     objects: Mapping[int, bytes]
+    #: PIN policy, admin-key counter and lock of a managed card; None: a plain card.
+    managed: Managed | None = None
 
     @classmethod
     def factory(cls, serial: int) -> PivRecord:
@@ -105,24 +108,25 @@ class PivRecord:
             puk_tries=puk_tries,
             management_key=self.management_key,
             objects=self.objects,
+            managed=self.managed,
         )
 
     # -- serialisation (for persistent stores) ------------------------------------
 
     def to_json(self) -> str:
         mk = self.management_key
-        return json.dumps(
-            {
-                "serial": self.serial,
-                "pin": self.pin.hex(),
-                "pin_tries": [self.pin_tries.maximum, self.pin_tries.remaining],
-                "puk": self.puk.hex(),
-                "puk_tries": [self.puk_tries.maximum, self.puk_tries.remaining],
-                "management_key": [int(mk.key_type), mk.key.hex(), int(mk.touch_policy)],
-                "objects": {f"{tag:X}": value.hex() for tag, value in self.objects.items()},
-            },
-            sort_keys=True,
-        )
+        document: dict[str, Any] = {
+            "serial": self.serial,
+            "pin": self.pin.hex(),
+            "pin_tries": [self.pin_tries.maximum, self.pin_tries.remaining],
+            "puk": self.puk.hex(),
+            "puk_tries": [self.puk_tries.maximum, self.puk_tries.remaining],
+            "management_key": [int(mk.key_type), mk.key.hex(), int(mk.touch_policy)],
+            "objects": {f"{tag:X}": value.hex() for tag, value in self.objects.items()},
+        }
+        if self.managed is not None:  # absent for plain cards: their records stay as they were
+            document["managed"] = self.managed.to_dict()
+        return json.dumps(document, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> PivRecord:
@@ -142,6 +146,7 @@ class PivRecord:
                 objects=_frozen(
                     {int(tag, 16): bytes.fromhex(v) for tag, v in d["objects"].items()}
                 ),
+                managed=Managed.from_dict(d["managed"]) if "managed" in d else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed PIV record: {e}") from e
@@ -247,6 +252,51 @@ class PivData:
     def set_management_key(self, key: ManagementKey) -> None:
         self.commit(replace(self._record, management_key=key))
 
+    # -- managed cards (see applets.piv.managed) ---------------------------------------
+
+    @property
+    def managed(self) -> Managed | None:
+        return self._record.managed
+
+    def set_managed(self, managed: Managed | None) -> None:
+        self.commit(replace(self._record, managed=managed))
+
+    def consume_admin_try(self, now: float) -> int:
+        """Take one management-key try (committed) before a comparison; the tries left.
+
+        ``ValueError`` when the counter is at zero (the caller answers ``6983``).
+        """
+        managed = self._managed()
+        admin = managed.admin.healed(now).spent(now)
+        self.set_managed(replace(managed, admin=admin))
+        return admin.remaining
+
+    def restore_admin_tries(self) -> None:
+        """After a correct management-key answer: the counter back to its maximum."""
+        managed = self._managed()
+        if managed.admin.remaining != managed.admin.maximum:
+            self.set_managed(replace(managed, admin=managed.admin.restored()))
+
+    def admin_tries(self, now: float) -> tuple[int, int, float]:
+        """(maximum, remaining, seconds until one more try) of a managed card's admin key."""
+        admin = self._managed().admin.healed(now)
+        return admin.maximum, admin.remaining, admin.retry_after(now)
+
+    def set_lock(self, lock_at: float | None) -> None:
+        """The time from which the card is locked (None: never)."""
+        self.set_managed(replace(self._managed(), lock_at=lock_at))
+
+    def reset_pin_as_admin(self, value: bytes) -> None:
+        """A new PIN set with the management key's authority (counter restored)."""
+        self._managed()
+        self.set_secret(Reference.PIN, value)
+
+    def _managed(self) -> Managed:
+        managed = self._record.managed
+        if managed is None:
+            raise ValueError("not a managed card")
+        return managed
+
     # -- data objects ----------------------------------------------------------------
 
     def get_object(self, tag: int) -> bytes | None:
@@ -269,4 +319,12 @@ class PivData:
         keep = {
             tag: value for tag, value in self._record.objects.items() if tag == ObjectId.ATTESTATION
         }
-        self.commit(replace(fresh, objects=_frozen(keep)))
+        managed = self._record.managed
+        if managed is None:
+            self.commit(replace(fresh, objects=_frozen(keep)))
+            return
+        # A managed card stays managed: its PIN policy, admin-key counter and lock are
+        # not content, and neither is its admin key (a factory key anyone knows would
+        # answer its unlock challenges): a RESET lifts no lock and refills no counter.
+        key = self._record.management_key
+        self.commit(replace(fresh, objects=_frozen(keep), managed=managed, management_key=key))

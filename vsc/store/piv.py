@@ -42,6 +42,15 @@ can read the card key (see ``docs/security.md``).
 blob, in the same transaction as the record; SET PIN RETRIES re-seals both
 roles under the defaults; RESET destroys the binding (and every key bound
 to it) and creates a new one under the defaults.
+
+**Managed cards** (:mod:`applets.piv.managed`, made by :mod:`vsc.lifecycle`)
+can have their PIN reset with the management key, without PIN or PUK. The
+binding then has a third role, ``admin``, sealed under a value derived from
+the management key; a management-key change re-seals it. Since the card
+keeps its management key (encrypted under the card key: GA 9B needs it
+without any PIN), whoever can read the card key can open this role: on such
+a card the PIN-bound keys are only as safe as the card key (see
+``docs/lifecycle.md``).
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ from applets.piv.keys import (
     PublicKey,
     TouchPolicy,
 )
+from applets.piv.mgmt import ManagementKey
 from applets.piv.security import SecurityState
 from applets.piv.state import (
     DEFAULT_PIN,
@@ -94,18 +104,22 @@ from .card import CARD, StoredCard, bound
 from .errors import AuthFailed, BindingLocked, CorruptStore, LockedOut
 
 __all__ = [
+    "ADMIN_ROLE",
     "BINDING",
     "RECORD",
     "StoredKeyStore",
     "StoredPivApplet",
     "StoredPivData",
     "StoredPivStore",
+    "admin_secret",
     "key_protection",
     "open_piv",
 ]
 
 #: The binding sealed under the PIN (role "pin") and the PUK (role "puk").
 BINDING = "piv"
+#: The binding's role of a managed card's management key (PIN reset by the admin).
+ADMIN_ROLE = "admin"
 RECORD = "piv/record"
 _OBJECT_PREFIX = "piv/object/"
 _SLOT_PREFIX = "piv/slot/"
@@ -114,6 +128,11 @@ _ROLES = {Reference.PIN: "pin", Reference.PUK: "puk"}
 _DEFAULTS = {Reference.PIN: DEFAULT_PIN, Reference.PUK: DEFAULT_PUK}
 _NO_OBJECTS: Mapping[int, bytes] = MappingProxyType({})
 _FACTORY_SECRETS = {"pin": DEFAULT_PIN, "puk": DEFAULT_PUK}
+
+
+def admin_secret(key: ManagementKey) -> bytes:
+    """What the ``admin`` role is sealed under: the management key with its algorithm."""
+    return b"piv-management-key\0" + bytes((key.key_type,)) + key.key
 
 
 def _info_name(slot: int) -> str:
@@ -391,15 +410,66 @@ class StoredPivData(PivData):
             self._card.lock(BINDING)  # every channel lost its PIN status
 
     def factory_reset(self) -> None:
-        """A new binding under the default PIN and PUK; the old one and its keys destroyed."""
+        """A new binding under the default PIN and PUK; the old one and its keys destroyed.
+
+        A managed card keeps an ``admin`` role, under the factory management key.
+        """
         try:
             with self._group():
                 if BINDING in self._card.bindings():
                     self._card.delete_binding(BINDING)
                 self._card.create_binding(BINDING, _FACTORY_SECRETS)
                 super().factory_reset()
+                if self.managed is not None:
+                    self._card.rebind(BINDING, ADMIN_ROLE, admin_secret(self.management_key))
         finally:
             self._card.lock(BINDING)
+
+    # -- the management key's role (managed cards) -----------------------------------------
+
+    def has_admin_role(self) -> bool:
+        return ADMIN_ROLE in self._card.bindings().get(BINDING, ())
+
+    def add_admin_role(self) -> None:
+        """Seal the (unlocked) binding under the management key too."""
+        self._card.rebind(BINDING, ADMIN_ROLE, admin_secret(self.management_key))
+
+    def unlock_as_admin(self) -> None:
+        """Open the binding with the management key (already authenticated by the caller)."""
+        try:
+            self._card.unlock(BINDING, ADMIN_ROLE, admin_secret(self.management_key))
+        except KeyError:
+            raise ConditionsNotSatisfied("this card's PIN cannot be reset by its admin") from None
+        except AuthFailed:
+            raise CorruptStore("the admin role does not match the management key") from None
+        except LockedOut as e:
+            raise ConditionsNotSatisfied(f"the admin role was not checked: {e}") from None
+
+    @contextlib.contextmanager
+    def as_admin(self) -> Iterator[None]:
+        """The binding opened by the admin role for a change; closed again unless it was open."""
+        was_open = self._card.is_unlocked(BINDING)
+        try:
+            if not was_open:
+                self.unlock_as_admin()
+            yield
+        finally:
+            if not was_open:
+                self._card.lock(BINDING)
+
+    def reset_pin_as_admin(self, value: bytes) -> None:
+        """The PIN re-sealed under ``value`` through the admin role (the keys stay usable)."""
+        with self.as_admin(), self._group():
+            super().reset_pin_as_admin(value)
+
+    def set_management_key(self, key: ManagementKey) -> None:
+        """A new management key; the ``admin`` role follows it (re-sealed, old blob destroyed)."""
+        if not self.has_admin_role():
+            super().set_management_key(key)
+            return
+        with self.as_admin(), self._group():
+            self._card.rebind(BINDING, ADMIN_ROLE, admin_secret(key))
+            super().set_management_key(key)
 
 
 # -- the applet -----------------------------------------------------------------------------
@@ -434,8 +504,9 @@ class StoredPivApplet(PivApplet):
     def _relock(self) -> None:
         # Sessions only ever lose PIN status without the binding noticing, never gain
         # it: a stale "verified" of another channel keeps the key at most until that
-        # channel's next command or the end of its session.
-        if not any(session.pin_verified for session in self._sessions):
+        # channel's next command or the end of its session. A session of an older PIN
+        # epoch (PIN replaced, card locked) has lost it already.
+        if not any(s.pin_verified and s.epoch == self._epoch for s in self._sessions):
             self.stored_card.lock(BINDING)
 
 

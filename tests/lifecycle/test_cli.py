@@ -1,0 +1,470 @@
+"""``vsc`` as a user runs it: subprocesses on a store, with a real swtpm for the TPM backend.
+
+Each command is ``python -m vsc.cli ...`` with ``VSC_STORE`` set and the
+backend flags given (bounded by ``CLI_TIMEOUT``). The card between commands
+is checked through its APDU interface in this process, exactly as the
+emulator would serve it (the card is not in use between commands).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pty
+import re
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from applets.piv import PivApplet
+from vsc.emulator import open_card
+from vsc.inproc import CardConnection
+from vsc.lifecycle import Request, parse_duration
+from vsc.lifecycle.tpmstatus import DEVICES
+from vsc.store import BackendSpec
+from vsc.testing.swtpm import Swtpm
+
+from .conftest import CLI_TIMEOUT, NEW_PIN, PIN, Vsc
+
+OK, BLOCKED = 0x9000, 0x6983
+CHALLENGE_RE = re.compile(r"^  ([0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4})$", re.M)
+RESPONSE_RE = re.compile(r"^Response: ([0-9A-Z]{5}-[0-9A-Z]{5})$", re.M)
+
+
+@pytest.fixture
+def vsc(tmp_path: Path, swtpm: Swtpm) -> Vsc:
+    """The CLI on a store whose cards a private swtpm protects (``--tpm``)."""
+    return Vsc(tmp_path / "store", ["--tpm", swtpm.tcti])
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> Vsc:
+    return Vsc(tmp_path / "plain-store", ["--insecure-plain"])
+
+
+def block(pin: str) -> bytes:
+    return pin.encode().ljust(8, b"\xff")
+
+
+class Card:
+    """One card of ``vsc``'s store, served in this process while the CLI is not running."""
+
+    def __init__(self, vsc: Vsc, name: str, backend: BackendSpec) -> None:
+        card, self.stored = open_card(name, backend, store=vsc.store)
+        self.piv = next(a for a in card.applets if isinstance(a, PivApplet))
+        self.conn = CardConnection(card)
+        assert self.sw(0xA4, 0x04, 0x00, bytes.fromhex("A000000308")) == OK
+
+    def __enter__(self) -> Card:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stored.close()
+
+    def sw(self, ins: int, p1: int, p2: int, data: bytes = b"") -> int:
+        return self.conn.send(0x00, ins, p1, p2, data)[1]
+
+    def verify(self, pin: str) -> int:
+        return self.sw(0x20, 0x00, 0x80, block(pin))
+
+
+def tpm_backend(vsc: Vsc) -> BackendSpec:
+    return BackendSpec.tpm(vsc.backend[1])
+
+
+def challenge_of(output: str) -> str:
+    match = CHALLENGE_RE.search(output)
+    assert match, output
+    return match.group(1)
+
+
+def respond(vsc: Vsc, admin_key: str, challenge: str, *extra: str) -> str:
+    result = vsc.run("respond", "--admin-key", admin_key, challenge, *extra, backend=False)
+    match = RESPONSE_RE.search(result.stdout)
+    assert match, result.output
+    return match.group(1)
+
+
+def create(vsc: Vsc, name: str, *extra: str) -> dict[str, object]:
+    created = vsc.run("create", name, "--pin", PIN, "--json", *extra).json()
+    assert isinstance(created, dict)
+    return created
+
+
+# -- create, list, info, destroy ----------------------------------------------------------------
+
+
+def test_create_list_info_destroy(vsc: Vsc) -> None:
+    result = vsc.run("create", "alice", "--pin", PIN, "--generate")
+    key = re.search(r"^  ([0-9A-F]{48})$", result.stdout, re.M)
+    assert key, result.stdout
+    admin_key = key.group(1)
+    assert "shown this once" in result.stdout and "tpm backend" in result.stdout
+    assert "9A, 9C" in result.stdout
+
+    again = vsc.run("create", "alice", "--pin", PIN, status=3)
+    assert "'alice' already exists" in again.stderr
+
+    info = vsc.run("info", "alice", "--json").json()
+    assert info["managed"] and info["backend_kind"] == "tpm" and info["hardware_bound"]
+    assert info["lock"] == "unlocked" and info["admin_tries"] == [10, 10]
+    assert {s["slot"] for s in info["slots"]} == {"9A", "9C", "F9"}
+    text = vsc.run("info", "alice").stdout
+    assert "tpm: TPM 2.0 (IBM" in text and "admin unblock: yes" in text
+    assert "PUK:           disabled (random, nobody knows it)" in text
+    assert admin_key not in text and admin_key.lower() not in text  # shown once, never again
+
+    cards = vsc.run("list", "--json").json()
+    assert [(c["name"], c["serial"], c["state"]) for c in cards] == [
+        ("alice", info["serial"], "unlocked")
+    ]
+    # Without a backend the listing still shows what the files tell.
+    bare = vsc.run("list", backend=False).stdout
+    assert bare.startswith("alice") and "tpm" in bare
+
+    vsc.run("destroy", "alice")
+    assert not (vsc.store / "cards" / "alice").exists()
+    gone = vsc.run("info", "alice", status=1)
+    assert "no card 'alice'" in gone.stderr
+    assert [e["event"] for e in vsc.audit.events("alice")] == ["create", "personalise", "destroy"]
+    assert admin_key.lower() not in vsc.audit_text()
+
+
+def test_more_cards_than_the_tpm_holds_are_refused(vsc: Vsc) -> None:
+    create(vsc, "a", "--max-cards", "2")
+    create(vsc, "b", "--max-cards", "2")
+    refused = vsc.run("create", "c", "--pin", PIN, "--max-cards", "2", status=3)
+    assert "already holds 2 cards (a, b)" in refused.stderr and "capacity is 2" in refused.stderr
+    vsc.env["VSC_MAX_CARDS"] = "3"
+    create(vsc, "c")  # the variable raises it
+    assert vsc.run("list", "--json").json()[2]["name"] == "c"
+
+
+def test_the_pin_policy_is_enforced_in_the_cli(vsc: Vsc) -> None:
+    refused = vsc.run(
+        "create", "a", "--pin", "abcdefgh", "--digits", "mandatory", status=3, backend=False
+    )
+    assert "rule digits" in refused.stderr and "must contain a digit" in refused.stderr
+    refused = vsc.run("create", "a", "--profile", "windows", status=3)
+    assert "rule min-length" in refused.stderr and "factory PIN" in refused.stderr
+    usage = vsc.run("create", "a", "--pin-min", "4", status=2)
+    assert "6 to 8" in usage.stderr
+    refused = vsc.run("create", "a", "--pin", "12345678", "--symbols", "required", status=3)
+    assert "rule symbols" in refused.stderr
+    assert vsc.run("list", "--json").json() == []  # nothing was made
+    # A prompted PIN (twice, on stdin here: no terminal) goes through the same rules.
+    refused = vsc.run("create", "a", "--pin-prompt", input="1234\n1234\n", status=3)
+    assert "rule min-length" in refused.stderr
+    vsc.run("create", "a", "--pin-prompt", input=f"{PIN}\n{PIN}\n")
+    with Card(vsc, "a", tpm_backend(vsc)) as card:
+        assert card.verify(PIN) == OK
+        # Through the card: CHANGE REFERENCE DATA refuses a PIN the policy refuses.
+        assert card.sw(0x24, 0x00, 0x80, block(PIN) + block("12\x01456")) == 0x6A80
+        assert card.verify(PIN) == OK
+    assert [e["event"] for e in vsc.audit.events("a")] == ["create", "personalise", "pin-refused"]
+
+
+# -- locks, unlocks, unblocks ------------------------------------------------------------
+
+
+def test_lock_then_unlock_for_eight_hours(vsc: Vsc) -> None:
+    admin_key = str(create(vsc, "alice")["admin_key"])
+    assert "is locked" in vsc.run("lock", "alice").stdout
+    assert vsc.run("info", "alice", "--json").json()["locked"]
+    with Card(vsc, "alice", tpm_backend(vsc)) as card:
+        assert card.verify(PIN) == BLOCKED
+
+    shown = vsc.run("unlock", "alice", "--for", "8h").stdout
+    assert "asks to unlock the card for 8 hours" in shown
+    challenge = challenge_of(shown)
+    # The helpdesk, anywhere: no store, no backend, no card.
+    helpdesk = Vsc(Path("/nonexistent-store"), [])
+    refused = helpdesk.run(
+        "respond", "--admin-key", admin_key, challenge, "--for", "1w", status=3, backend=False
+    )
+    assert "not for 1 week" in refused.stderr
+    response = respond(helpdesk, admin_key, challenge, "--for", "8h")
+    assert (
+        "unlock the card for 8 hours"
+        in helpdesk.run("respond", "--admin-key", admin_key, challenge, backend=False).stdout
+    )
+    # The user edits the challenge to ask for a week (check byte and all) and gets a
+    # response for that: the card refuses it, and it costs a try of the admin key.
+    asked = Request.decode(challenge)
+    edited = Request(asked.purpose, parse_duration("1w"), asked.nonce).encode()
+    assert (
+        "for 1 week"
+        in helpdesk.run("respond", "--admin-key", admin_key, edited, backend=False).stdout
+    )
+    wrong = vsc.run("unlock", "alice", "--response", respond(helpdesk, admin_key, edited), status=3)
+    assert "wrong response: 9 tries left" in wrong.stderr
+    assert vsc.run("info", "alice", "--json").json()["locked"]
+    done = vsc.run("unlock", "alice", "--response", response)
+    assert "unlocked for 8 hours" in done.stdout
+    info = vsc.run("info", "alice", "--json").json()
+    assert not info["locked"] and info["lock"].startswith("unlocked until")
+    with Card(vsc, "alice", tpm_backend(vsc)) as card:
+        assert card.verify(PIN) == OK
+    events = [e for e in vsc.audit.events("alice") if e["event"] == "unlock"]
+    assert events and events[-1]["minutes"] == 480
+
+
+def test_lock_at_a_time_and_usage_errors(vsc: Vsc) -> None:
+    create(vsc, "alice")
+    scheduled = vsc.run("lock", "alice", "--at", "+2h").stdout
+    assert "locks at" in scheduled
+    assert not vsc.run("info", "alice", "--json").json()["locked"]
+    vsc.run("lock", "alice", "--at", "teatime", status=2)
+    vsc.run("unlock", "alice", status=2)  # neither --for nor --response
+    vsc.run("unlock", "alice", "--for", "forever-ish", status=2)
+    none = vsc.run("unlock", "alice", "--response", "ABCDE-FGHJK", status=3)
+    assert "no challenge outstanding" in none.stderr
+
+
+def test_unblock_with_the_helpdesk(vsc: Vsc) -> None:
+    admin_key = str(create(vsc, "alice", "--generate")["admin_key"])
+    with Card(vsc, "alice", tpm_backend(vsc)) as card:
+        for _ in range(3):
+            card.verify("00000000")
+        assert card.verify(PIN) == BLOCKED
+    shown = vsc.run("unblock", "alice").stdout
+    assert "asks to unblock the PIN" in shown
+    response = respond(vsc, admin_key, challenge_of(shown))
+    refused = vsc.run("unblock", "alice", "--response", response, "--pin", "123", status=3)
+    assert "rule min-length" in refused.stderr
+    vsc.run(
+        "unblock", "alice", "--response", response, "--pin-prompt", input=f"{NEW_PIN}\n{NEW_PIN}\n"
+    )
+    info = vsc.run("info", "alice", "--json").json()
+    assert info["pin_tries"] == [3, 3] and info["admin_tries"] == [10, 10]
+    with Card(vsc, "alice", tpm_backend(vsc)) as card:
+        assert card.verify(NEW_PIN) == OK
+        # The PIN-bound 9A key works again: sign through GENERAL AUTHENTICATE.
+        digest = bytes(32)
+        template = bytes.fromhex("7C2482008120") + digest
+        assert card.sw(0x87, 0x11, 0x9A, template) == OK
+    again = vsc.run("unblock", "alice", "--response", response, "--pin", NEW_PIN, status=3)
+    assert "no challenge outstanding" in again.stderr  # a response works once
+
+
+# -- provisioning ---------------------------------------------------------------------------
+
+
+def test_provision_renew_reprovision_csr(vsc: Vsc, tmp_path: Path) -> None:
+    admin_key = str(create(vsc, "alice")["admin_key"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "alice@example")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=30))
+    )
+    cert = builder.serial_number(1).sign(key, hashes.SHA256())
+    p12 = tmp_path / "alice.p12"
+    p12.write_bytes(
+        pkcs12.serialize_key_and_certificates(
+            b"alice", key, cert, None, serialization.BestAvailableEncryption(b"pw")
+        )
+    )
+    vsc.env["P12_PASSWORD"] = "pw"
+    out = vsc.run(
+        "provision", "alice", "--slot", "9a", "--key", str(p12), "--password-env",
+        "P12_PASSWORD", "--admin-key", admin_key,
+    ).stdout  # fmt: skip
+    assert "Provisioned slot 9A: ECCP256 key (imported)" in out and "CN=alice@example" in out
+    wrong = vsc.run(
+        "provision", "alice", "--slot", "9a", "--key", str(p12), "--password-env",
+        "P12_PASSWORD", "--admin-key", "00" * 24, status=3,
+    )  # fmt: skip
+    assert "wrong admin key: 9 tries left" in wrong.stderr
+
+    renewed = tmp_path / "renewed.pem"
+    renewed.write_bytes(
+        builder.serial_number(2).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    )
+    out = vsc.run(
+        "renew", "alice", "--slot", "9a", "--cert", str(renewed), "--admin-key", admin_key
+    ).stdout
+    assert "Renewed slot 9A" in out and "serial 2," in out
+    (renew_event,) = [e for e in vsc.audit.events("alice") if e["event"] == "renew"]
+    assert renew_event["replaced_certificate_serial"] == "1"
+
+    csr = tmp_path / "req.pem"
+    vsc.run(
+        "csr", "alice", "--slot", "9a", "--subject", "CN=alice,O=Example", "--pin", PIN,
+        "-o", str(csr),
+    )  # fmt: skip
+    request = x509.load_pem_x509_csr(csr.read_bytes())
+    assert request.is_signature_valid
+    assert request.public_key() == key.public_key()
+
+    out = vsc.run("reprovision", "alice", "--admin-key", admin_key).stdout
+    assert "keys: 9A" in out
+    info = vsc.run("info", "alice", "--json").json()
+    assert {s["slot"] for s in info["slots"]} == {"F9"}
+
+
+# -- the TPM -----------------------------------------------------------------------------------
+
+
+def test_tpm_status(vsc: Vsc, swtpm: Swtpm) -> None:
+    create(vsc, "alice")
+    status = vsc.run("tpm", "status", "--json").json()
+    assert status["present"] and status["manufacturer"] == "IBM"
+    assert status["vendor"].startswith("SW")
+    assert status["enabled"] and not status["owned"] and status["storage_key"]
+    assert status["verdict"] == "ready" and "lockout authorisation is empty" in status["reasons"][0]
+    assert status["dictionary_attack"] == {
+        "failed_tries": 0,
+        "max_tries": 32,
+        "recovery_time": 7200,
+        "lockout_recovery": 86400,
+        "locked_out": False,
+    }
+    assert status["cards"] == ["alice"] and status["capacity"] == 10
+    text = vsc.run("tpm", "status").stdout
+    assert "TPM: present" in text and "cards:         1 of 10: alice" in text
+
+    # A lockout authorisation vsc does not know: reduced functionality.
+    from vsc.store.tpm import Tpm
+
+    Tpm(swtpm.tcti).change_lockout_auth(b"", b"only the admin knows")
+    status = vsc.run("tpm", "status", "--json").json()
+    assert status["verdict"] == "ready, with reduced functionality"
+    assert status["lockout_auth_set"]
+    Tpm(swtpm.tcti).change_lockout_auth(b"only the admin knows", b"")
+
+    # VSC_TPM works as --tpm does.
+    env_only = Vsc(vsc.store, [], env={"VSC_TPM": swtpm.tcti})
+    assert env_only.run("tpm", "status", "--json").json()["source"] == "VSC_TPM"
+
+
+def test_no_tpm_is_said_plainly(plain: Vsc) -> None:
+    if any(device.exists() for device in DEVICES):
+        pytest.skip("this machine has a TPM device")
+    result = plain.run("tpm", "status", backend=False, status=1)
+    assert result.stdout.startswith("TPM: not present")
+    assert "no TPM" in result.stdout
+    broken = plain.run("tpm", "status", "--tpm", "swtpm:path=/nonexistent", backend=False, status=1)
+    assert "cannot reach the TPM" in broken.stdout
+
+
+# -- the other backends, the environment, share -------------------------------------------------
+
+
+def test_software_backend_and_environment(tmp_path: Path) -> None:
+    key_file = tmp_path / "store.key"
+    vsc = Vsc(tmp_path / "store", ["--key-file", str(key_file)])
+    create(vsc, "bob")
+    assert vsc.run("info", "bob", "--json").json()["backend_kind"] == "software"
+    env = Vsc(tmp_path / "store", [], env={"VSC_KEY_FILE": str(key_file)})
+    assert env.run("lock", "bob").returncode == 0
+    wrong = Vsc(tmp_path / "store", ["--insecure-plain"])
+    mismatch = wrong.run("info", "bob", status=1)
+    assert "software backend, not plain" in mismatch.stderr
+    both = Vsc(tmp_path / "store", [], env={"VSC_KEY_FILE": "/k", "VSC_TPM": "swtpm:path=/s"})
+    assert "choose one backend" in both.run("info", "bob", status=1).stderr
+    none = Vsc(tmp_path / "store", [])
+    assert "protection backend" in none.run("info", "bob", status=1).stderr
+
+
+def test_a_card_in_use_is_refused(plain: Vsc) -> None:
+    create(plain, "alice")
+    _, stored = open_card("alice", BackendSpec.plain(), store=plain.store)
+    try:
+        busy = plain.run("lock", "alice", status=3)
+        assert "in use by process" in busy.stderr
+        plain.run("destroy", "alice", status=3)
+    finally:
+        stored.close()
+    plain.run("destroy", "alice")
+
+
+def test_share_is_still_there(tmp_path: Path) -> None:
+    vsc = Vsc(tmp_path / "store", [])
+    peers = vsc.run("share", "peers", "--home", str(tmp_path / "share"), backend=False)
+    assert peers.stdout.startswith("this machine")
+
+
+# -- a user at a terminal ---------------------------------------------------------------------
+
+
+def in_terminal(
+    vsc: Vsc, args: list[str], replies: list[tuple[str, Callable[[str], str]]]
+) -> tuple[int, str]:
+    """Run ``vsc ARGS`` on a pseudo-terminal (its controlling terminal: getpass and the
+    interactive prompts use it); answer each prompt with ``reply(output so far)``."""
+    argv = [sys.executable, "-m", "vsc.cli", *args, *vsc.backend]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: nothing but exec
+        os.execve(sys.executable, argv, vsc.env)
+    output = b""
+    deadline = time.monotonic() + CLI_TIMEOUT
+
+    def read_until(marker: bytes | None) -> None:
+        nonlocal output
+        while marker is None or marker not in output:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {marker!r} in time; output:\n{output.decode(errors='replace')}"
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            if not chunk:
+                assert marker is None, f"ended before {marker!r}: {output.decode()}"
+                return
+            output += chunk
+
+    try:
+        for prompt, reply in replies:
+            read_until(prompt.encode())
+            text = output.decode(errors="replace").replace("\r\n", "\n")  # a terminal's lines
+            os.write(fd, reply(text).encode() + b"\n")
+            output = output.replace(prompt.encode(), b"<answered>", 1)  # the next prompt is new
+        read_until(None)
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
+def test_unblock_at_a_terminal(plain: Vsc) -> None:
+    """The user reads the challenge out and types the response and the new PIN."""
+    admin_key = str(create(plain, "alice")["admin_key"])
+
+    def response(output: str) -> str:
+        return respond(plain, admin_key, challenge_of(output))
+
+    status, output = in_terminal(
+        plain,
+        ["unblock", "alice"],
+        [
+            ("Response: ", response),
+            ("New PIN: ", lambda _: NEW_PIN),
+            ("Again: ", lambda _: NEW_PIN),
+        ],
+    )
+    assert status == 0, output
+    assert "PIN reset" in output and NEW_PIN not in output  # the PIN is not echoed
+    with Card(plain, "alice", BackendSpec.plain()) as card:
+        assert card.verify(NEW_PIN) == OK

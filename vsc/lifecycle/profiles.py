@@ -1,0 +1,117 @@
+"""Card profiles: what ``vsc create --profile`` sets up, and what each allows.
+
+Every profile is a PIV card (the only applet vsc has), so every PIN is a PIV
+PIN: 6 to 8 bytes (SP 800-73-4's 8-byte PIN block, which also caps a
+Windows-style policy, whose minimum is 8). A profile gives the default PIN
+policy, the bounds a custom policy must stay within, the keys ``--generate``
+makes on the card, and the admin (management) key's algorithm.
+
+* ``yubikey`` (default): what a YubiKey accepts: 6-8 printable ASCII
+  characters, any mix. ``--generate``: 9A (authentication) and 9C
+  (signature), ECC P-256.
+* ``piv``: SP 800-73-4 strictly: 6-8 digits only. ``--generate``: 9A, 9C,
+  9D (key management) and 9E (card authentication, no PIN), ECC P-256.
+* ``windows``: a TPM virtual smart card made by ``tpmvscmgr``: Windows wants
+  at least 8 characters and PIV allows at most 8, so exactly 8, any mix.
+  ``--generate``: 9A (authentication), RSA-2048, like Windows' VSC keys.
+
+The admin key is 3DES in every profile (Windows' admin key is a 24-byte 3DES
+key, and yubico-piv-tool 2.2.0 knows no other); AES-128/192/256 can be chosen
+with ``--admin-key-type``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from applets.piv.keys import KeyType, PinPolicy
+from applets.piv.mgmt import ManagementKeyType
+from applets.piv.pinrules import CharRule, PinRules
+
+__all__ = ["DEFAULT_PROFILE", "PIV_PIN_MAX", "PIV_PIN_MIN", "PROFILES", "KeySpec", "Profile"]
+
+#: The PIV PIN block's bounds (SP 800-73-4 Part 2 §2.4.3).
+PIV_PIN_MIN = 6
+PIV_PIN_MAX = 8
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """One key ``--generate`` makes: slot, algorithm, PIN policy."""
+
+    slot: int
+    key_type: KeyType
+    pin_policy: PinPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    summary: str
+    pin_rules: PinRules
+    keys: tuple[KeySpec, ...]
+    admin_key_type: ManagementKeyType = ManagementKeyType.TDES
+
+    def rules(
+        self,
+        *,
+        min_length: int | None = None,
+        max_length: int | None = None,
+        classes: dict[str, CharRule] | None = None,
+    ) -> PinRules:
+        """The profile's rules with overrides; ``ValueError`` outside what a PIV PIN allows."""
+        fields = self.pin_rules.to_dict()
+        if min_length is not None:
+            fields["min_length"] = min_length
+        if max_length is not None:
+            fields["max_length"] = max_length
+        fields.update({name: rule.value for name, rule in (classes or {}).items()})
+        rules = PinRules.from_dict(fields)  # one construction: checked once, as a whole
+        if rules.min_length < PIV_PIN_MIN or rules.max_length > PIV_PIN_MAX:
+            raise ValueError(
+                f"a PIV PIN has {PIV_PIN_MIN} to {PIV_PIN_MAX} characters: the policy cannot ask"
+                f" for {rules.min_length} to {rules.max_length}"
+            )
+        return rules
+
+
+_ALL = CharRule.OPTIONAL
+PROFILES: dict[str, Profile] = {
+    profile.name: profile
+    for profile in (
+        Profile(
+            "yubikey",
+            "like a YubiKey: PIN of 6-8 printable characters; 9A and 9C ECC P-256",
+            PinRules(6, 8, _ALL, _ALL, _ALL, _ALL),
+            (
+                KeySpec(0x9A, KeyType.ECCP256, PinPolicy.ONCE),
+                KeySpec(0x9C, KeyType.ECCP256, PinPolicy.ALWAYS),
+            ),
+        ),
+        Profile(
+            "piv",
+            "SP 800-73-4: PIN of 6-8 digits; 9A, 9C, 9D and 9E ECC P-256",
+            PinRules(
+                6,
+                8,
+                CharRule.NOT_ALLOWED,
+                CharRule.NOT_ALLOWED,
+                CharRule.MANDATORY,
+                CharRule.NOT_ALLOWED,
+            ),
+            (
+                KeySpec(0x9A, KeyType.ECCP256, PinPolicy.ONCE),
+                KeySpec(0x9C, KeyType.ECCP256, PinPolicy.ALWAYS),
+                KeySpec(0x9D, KeyType.ECCP256, PinPolicy.ONCE),
+                KeySpec(0x9E, KeyType.ECCP256, PinPolicy.NEVER),
+            ),
+        ),
+        Profile(
+            "windows",
+            "like a Windows TPM virtual smart card: PIN of exactly 8 characters; 9A RSA-2048",
+            PinRules(8, 8, _ALL, _ALL, _ALL, _ALL),
+            (KeySpec(0x9A, KeyType.RSA2048, PinPolicy.ONCE),),
+        ),
+    )
+}
+DEFAULT_PROFILE = "yubikey"
