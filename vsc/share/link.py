@@ -3,8 +3,12 @@
 Both ends wait in a selector on several things at once (the link, vpcd,
 wake-up pipes), so the TLS socket is non-blocking after the handshake and
 never read and written from two threads. :meth:`LinkSocket.receive` drains
-everything readable, including what OpenSSL has already decrypted and
-buffered (``pending()``), which a selector cannot see.
+what is readable, including what OpenSSL has already decrypted and
+buffered (``pending()``), which a selector cannot see. It decodes as it
+reads, so a bad frame header ends the link after one read, and it reads at
+most ``_FILL_BUDGET`` bytes per call: a peer that never pauses can neither
+make us buffer without bound nor keep the caller from its other duties
+(what is left stays readable, for the caller's next turn).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .tls import tune
 __all__ = ["LinkClosed", "LinkSocket", "LinkTimeout", "connect_tls"]
 
 _RECV_SIZE: Final = 0x10000
+_FILL_BUDGET: Final = 4 * _RECV_SIZE
 DEFAULT_TIMEOUT: Final = 10.0
 
 
@@ -71,7 +76,8 @@ class LinkSocket:
         return items
 
     def _fill(self) -> None:
-        while not self.closed and not self.codec.closed:
+        budget = _FILL_BUDGET
+        while not self.closed and not self.codec.closed and budget > 0:
             try:
                 data = self.sock.recv(_RECV_SIZE)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -81,6 +87,11 @@ class LinkSocket:
             self.codec.receive_data(data)
             if not data:
                 break
+            budget -= len(data)
+            self._decode()  # a bad frame header ends the link now, not when the peer pauses
+        self._decode()
+
+    def _decode(self) -> None:
         try:
             while (event := self.codec.next_event()) is not NEED_DATA:
                 self._inbox.append(event)

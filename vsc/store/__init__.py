@@ -23,6 +23,7 @@ from .errors import (
     AuthFailed,
     BackendError,
     BackendMismatch,
+    BackendUnavailable,
     BindingLocked,
     CardExists,
     CardInUse,
@@ -31,6 +32,7 @@ from .errors import (
     CounterBlocked,
     InvalidName,
     LockedOut,
+    StorageFailure,
     StoreError,
 )
 from .protect import BackendInfo, BackendSpec, Protector, create_key_file, open_protector
@@ -54,6 +56,7 @@ __all__ = [
     "BackendInfo",
     "BackendMismatch",
     "BackendSpec",
+    "BackendUnavailable",
     "BindingLocked",
     "CardExists",
     "CardInUse",
@@ -71,6 +74,7 @@ __all__ = [
     "LockedOut",
     "ManualClock",
     "Protector",
+    "StorageFailure",
     "StoreError",
     "StoredCard",
     "SystemClock",

@@ -59,6 +59,7 @@ from .crypto import (
 from .db import Database
 from .errors import (
     AuthFailed,
+    BackendUnavailable,
     BindingLocked,
     CorruptStore,
     CounterBlocked,
@@ -429,7 +430,8 @@ class StoredCard:
         restored on success (:class:`CounterBlocked` at zero; the tries left
         are in :attr:`AuthFailed.remaining`). Anti-hammering applies too:
         :class:`LockedOut` while it is locked out (the counter's try is then
-        given back: nothing was compared).
+        given back: nothing was compared). :class:`BackendUnavailable` when the
+        TPM is gone; the try is given back unless it may have been compared.
         """
         row = self._open().one(
             "SELECT blob FROM binding_seals WHERE binding = ? AND role = ?", (binding, role)
@@ -452,6 +454,12 @@ class StoredCard:
             raise AuthFailed(f"wrong {role}", remaining) from None
         except LockedOut:
             if counter is not None:
+                self._refund(counter)
+            raise
+        except BackendUnavailable as e:
+            # A TPM that could not be reached compared nothing: an outage must not
+            # block the PIN. One lost mid-check may have counted the try: it stays spent.
+            if counter is not None and not e.compared:
                 self._refund(counter)
             raise
         self._anti_hammer.after_try(token, success=True)

@@ -13,11 +13,19 @@ old sealed blob (an old PIN's) is gone from both files once it is replaced.
 
 Write transactions start with ``BEGIN IMMEDIATE`` (the write lock up front, no
 upgrade deadlock) and nest: only the outermost ``transaction()`` commits.
+
+When the storage fails (disk full, read-only, I/O error) SQLite rolls the
+transaction back; the error surfaces as :class:`StorageFailure` and the card
+stays in its last committed state. A scrub that fails *after* a commit (a
+checkpoint needs room in the database file) does not undo or hide that
+commit: it is retried after the next one, and the replaced data stays in the
+WAL meanwhile (logged as a warning).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -25,7 +33,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .errors import CorruptStore, StoreError
+from .errors import CorruptStore, StorageFailure, StoreError, os_storage_failure
+
+log = logging.getLogger(__name__)
 
 #: Bumped when the schema changes incompatibly; older code refuses newer cards.
 FORMAT_VERSION = 1
@@ -63,6 +73,33 @@ CREATE TABLE dictionary_attack (
 """
 
 
+#: SQLite primary result codes that mean the storage failed, not the data or the caller.
+_STORAGE_CODES = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_READONLY: "the store is read-only",
+    sqlite3.SQLITE_IOERR: "I/O error",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the card's files",
+    sqlite3.SQLITE_PERM: "permission denied",
+}
+
+
+def storage_failure(path: Path, error: sqlite3.Error) -> StorageFailure | None:
+    """``error`` as a :class:`StorageFailure`, or None if it is not about the storage."""
+    reason = _STORAGE_CODES.get(getattr(error, "sqlite_errorcode", 0) & 0xFF)
+    return None if reason is None else StorageFailure(f"{path}: {reason} ({error})")
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as e:
+        failure = storage_failure(path, e)
+        if failure is None:
+            raise
+        raise failure from e
+
+
 class Database:
     """A connection to one card's database, with nested write transactions."""
 
@@ -70,7 +107,14 @@ class Database:
         self.path = path
         if create:
             # Create the file ourselves so it (and the -wal/-shm SQLite derives) is 0600.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                os.close(os.open(path, flags, 0o600))
+            except OSError as e:
+                failure = os_storage_failure(f"cannot create {path}", e)
+                if failure is None:
+                    raise
+                raise failure from e
         uri = f"file:{quote(str(path))}?mode=rw"  # never let SQLite create a missing card
         try:
             # One thread at a time, but not always the opener: the emulator opens a card
@@ -79,7 +123,7 @@ class Database:
                 uri, uri=True, isolation_level=None, timeout=10.0, check_same_thread=False
             )
         except sqlite3.Error as e:
-            raise CorruptStore(f"cannot open {path}: {e}") from e
+            raise storage_failure(path, e) or CorruptStore(f"cannot open {path}: {e}") from e
         self._depth = 0
         self._scrub_pending = False
         try:
@@ -95,7 +139,8 @@ class Database:
             self._conn.execute("PRAGMA secure_delete=ON")
             self._conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as e:
-            raise CorruptStore(f"{self.path} is not a card database: {e}") from e
+            failure = storage_failure(self.path, e)
+            raise failure or CorruptStore(f"{self.path} is not a card database: {e}") from e
         if str(mode).lower() != "wal":
             raise StoreError(f"{self.path}: SQLite refused WAL mode ({mode})")
 
@@ -138,17 +183,20 @@ class Database:
     # -- statements ----------------------------------------------------------------
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
+        with _storage_errors(self.path):
+            row: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
         return row
 
     def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(sql, params).fetchall())
+        with _storage_errors(self.path):
+            return list(self._conn.execute(sql, params).fetchall())
 
     def write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """Run one modifying statement inside the current transaction; rows changed."""
         if self._depth == 0:
             raise RuntimeError("writes happen inside transaction()")
-        return self._conn.execute(sql, params).rowcount
+        with _storage_errors(self.path):
+            return self._conn.execute(sql, params).rowcount
 
     # -- transactions -----------------------------------------------------------------
 
@@ -166,25 +214,42 @@ class Database:
             finally:
                 self._depth -= 1
             return
-        self._conn.execute("BEGIN IMMEDIATE")
+        with _storage_errors(self.path):
+            self._conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
             yield
         except BaseException:
             self._depth = 0
             self._scrub_pending = False
-            self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
         self._depth = 0
         try:
-            self._conn.execute("COMMIT")  # returns once the WAL is fsynced
+            with _storage_errors(self.path):
+                self._conn.execute("COMMIT")  # returns once the WAL is fsynced
         except BaseException:
             self._scrub_pending = False
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
         if self._scrub_pending:
+            self._scrub_after_commit()
+
+    def _rollback(self) -> None:
+        # After a full disk or an I/O error SQLite may have rolled back already; a
+        # second ROLLBACK would then fail and hide the error that matters.
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    def _scrub_after_commit(self) -> None:
+        # The commit stands whatever happens here: raising now would tell the caller
+        # that a change failed which is in fact durable.
+        try:
             self.scrub()
+        except StoreError as e:
+            self._scrub_pending = True  # retried after the next commit
+            log.warning("%s: replaced data stays in the WAL for now: %s", self.path, e)
 
     def request_scrub(self) -> None:
         """Scrub after the outermost transaction commits (or now, outside one)."""
@@ -196,7 +261,7 @@ class Database:
     def scrub(self) -> None:
         """Fold the WAL into the database and truncate it, so replaced secrets leave no copy."""
         self._scrub_pending = False
-        busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        busy, _, _ = self.one("PRAGMA wal_checkpoint(TRUNCATE)") or (0, 0, 0)
         if busy:
             raise StoreError(f"{self.path}: WAL checkpoint blocked by another connection")
 

@@ -3,12 +3,18 @@
 None of them carries a secret. The PIV integration maps them to status words
 (:class:`AuthFailed` → 63Cx, :class:`CounterBlocked` → 6983; :class:`LockedOut`
 is temporary, so a status word that does not send clients to the PUK, such
-as 6985, fits it better than 6983); the CLI prints their message.
+as 6985, fits it better than 6983); the CLI prints their message. The two
+failures of the card's storage itself, :class:`StorageFailure` (its files) and
+:class:`BackendUnavailable` (its TPM), carry their status word (``6581``,
+memory failure), so any applet on the store answers them without a mapping.
 """
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+
+from vsc.sw import SW, ApduError
 
 
 class StoreError(Exception):
@@ -50,6 +56,31 @@ class CorruptStore(StoreError):
 
 class BackendError(StoreError):
     """The protection backend is missing, misconfigured or unreachable."""
+
+
+class BackendUnavailable(BackendError, ApduError):
+    """The backend stopped answering (the TPM is gone or failing): the operation did not complete.
+
+    A card command that needed it answers ``6581``; the card works again once
+    the backend is back. ``compared`` says whether an authorisation may have
+    been checked before the backend went away (it had received the command
+    that checks it): only then does the try count.
+    """
+
+    def __init__(self, message: str, *, compared: bool = False) -> None:
+        ApduError.__init__(self, SW.MEMORY_FAILURE, message)
+        self.compared = compared
+
+
+class StorageFailure(StoreError, ApduError):
+    """The card's files could not be read or written: disk full, read-only, I/O error.
+
+    A change that fails this way was rolled back: the card is in its last
+    committed state. A card command answers ``6581`` (memory failure).
+    """
+
+    def __init__(self, message: str) -> None:
+        ApduError.__init__(self, SW.MEMORY_FAILURE, message)
 
 
 class BackendMismatch(BackendError):
@@ -94,3 +125,23 @@ class BindingLocked(StoreError):
     def __init__(self, binding: str) -> None:
         super().__init__(f"binding {binding!r} is locked: unlock it with its secret first")
         self.binding = binding
+
+
+#: errno values that mean the storage failed, not the caller: a disk full, read-only or failing.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EFBIG: "the file size limit is reached",
+    errno.EROFS: "the store is read-only",
+    errno.EIO: "I/O error",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def os_storage_failure(what: str, error: OSError) -> StorageFailure | None:
+    """``error`` as a :class:`StorageFailure` about ``what``, or None if it is another kind."""
+    reason = _STORAGE_ERRNOS.get(error.errno or 0)
+    if reason is None:
+        return None
+    return StorageFailure(f"{what}: {reason} ({error.strerror or error})")

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from .errors import CardInUse, CardNotFound
+from .errors import CardInUse, CardNotFound, os_storage_failure
 
 
 class CardLock:
@@ -38,6 +38,11 @@ class CardLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
             raise CardNotFound(self.label, self.path.parent) from None
+        except OSError as e:  # a read-only store, a full disk: say so, not a traceback
+            failure = os_storage_failure(f"card {self.label!r}: cannot open {self.path}", e)
+            if failure is None:
+                raise
+            raise failure from None
         try:
             _flock_briefly(fd)
         except OSError as e:
@@ -54,9 +59,12 @@ class CardLock:
         if not same:
             os.close(fd)
             raise CardNotFound(self.label, self.path.parent)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        # The PID is for CardInUse messages only: a full disk must not fail the open
+        # (nor leak the descriptor, and with it the lock).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None

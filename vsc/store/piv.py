@@ -101,7 +101,7 @@ from vsc.applet import Response
 from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
 
 from .card import CARD, StoredCard, bound
-from .errors import AuthFailed, BindingLocked, CorruptStore, LockedOut
+from .errors import AuthFailed, BackendUnavailable, BindingLocked, CorruptStore, LockedOut
 
 __all__ = [
     "ADMIN_ROLE",
@@ -381,11 +381,19 @@ class StoredPivData(PivData):
         except AuthFailed:
             return False
         except LockedOut as e:
-            tries = self.tries(ref)
-            restored = RetryCounter(tries.maximum, min(tries.maximum, tries.remaining + 1))
-            self.commit(self.record.with_secret(ref, tries=restored))
+            self._give_back(ref)
             raise ConditionsNotSatisfied(f"{ref.name} not checked: {e}") from None
+        except BackendUnavailable as e:
+            if not e.compared:  # a TPM outage must not block the PIN
+                self._give_back(ref)
+            raise
         return True
+
+    def _give_back(self, ref: Reference) -> None:
+        """Restore the try the applet spent on a comparison that never happened."""
+        tries = self.tries(ref)
+        restored = RetryCounter(tries.maximum, min(tries.maximum, tries.remaining + 1))
+        self.commit(self.record.with_secret(ref, tries=restored))
 
     def set_secret(self, ref: Reference, value: bytes) -> None:
         """Re-seal the binding under the new value (the old blob is destroyed)."""

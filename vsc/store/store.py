@@ -39,6 +39,7 @@ from .errors import (
     CardNotFound,
     CorruptStore,
     InvalidName,
+    os_storage_failure,
 )
 from .lock import CardLock, is_locked
 from .protect import BackendSpec, Protector, open_protector
@@ -109,18 +110,24 @@ def create_card(
     protector = open_protector(backend)
     try:
         staging = path.parent / f".{path.name}.creating-{secrets.token_hex(4)}"
-        staging.mkdir(mode=0o700)
         try:
-            _initialise(staging, protector, clock, da, lockout_auth)
+            staging.mkdir(mode=0o700)
             try:
-                # rename() onto an existing non-empty directory fails: no two creators win.
-                os.rename(staging, path)
-            except OSError:
-                raise CardExists(label, path) from None
-            _fsync_dir(path.parent)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+                _initialise(staging, protector, clock, da, lockout_auth)
+                try:
+                    # rename() onto an existing non-empty directory fails: no two creators win.
+                    os.rename(staging, path)
+                except OSError:
+                    raise CardExists(label, path) from None
+                _fsync_dir(path.parent)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        except OSError as e:  # a full disk or a read-only store: a StorageFailure
+            failure = os_storage_failure(f"cannot create card {label!r} at {path}", e)
+            if failure is None:
+                raise
+            raise failure from None
     finally:
         protector.close()
     return open_card(path, backend, name=label, clock=clock)

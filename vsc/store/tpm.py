@@ -18,7 +18,10 @@ different TPM (or this one after TPM2_Clear) has another SRK, and
 With ``auth`` the object's authValue is that value and it is DA-protected
 (``noDA`` clear): the TPM compares the value and its dictionary-attack logic
 counts failures (``TPM_RC_AUTH_FAIL`` → :class:`AuthFailed`,
-``TPM_RC_LOCKOUT`` → :class:`LockedOut`). The session's parameter
+``TPM_RC_LOCKOUT`` → :class:`LockedOut`). A TPM that cannot be reached, or
+goes away mid-command (the socket or device fails), is
+:class:`BackendUnavailable`: the operation did not complete, and the next one
+connects afresh, so a restarted TPM is picked up without reopening the card. The session's parameter
 encryption keeps the authValue, the sealed data and the unsealed result off
 the wire in clear.
 
@@ -39,7 +42,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .antihammer import AntiHammer, DaParameters, DaStatus
-from .errors import AuthFailed, BackendError, BackendMismatch, CorruptStore, LockedOut
+from .errors import (
+    AuthFailed,
+    BackendError,
+    BackendMismatch,
+    BackendUnavailable,
+    CorruptStore,
+    LockedOut,
+)
 from .protect import BackendInfo, BackendSpec, Protector
 
 # The C library prints every TPM error (each wrong PIN) to stderr unless told not to.
@@ -131,6 +141,9 @@ class _Op:
         self._flush: list[Any] = []
         self._srk: Any = None
         self._session: Any = None
+        # Set just before a command that checks an authorisation goes out: a TPM lost
+        # after that may have compared (and counted) it; one lost before has not.
+        self.comparing = False
 
     @property
     def srk(self) -> Any:
@@ -181,7 +194,7 @@ class Tpm:
         try:
             ctx = ESAPI(self.tcti)
         except TSS2_Exception as e:
-            raise BackendError(f"cannot reach the TPM at {self.tcti!r}: {e}") from None
+            raise BackendUnavailable(f"cannot reach the TPM at {self.tcti!r}: {e}") from None
         except (ValueError, RuntimeError, OSError) as e:
             raise BackendError(f"bad TCTI {self.tcti!r}: {e}") from None
         try:
@@ -201,7 +214,7 @@ class Tpm:
                         op.close()
                         _flush_leftovers(ctx)
                         continue
-                    raise _translate(e, self.tcti) from None
+                    raise _translate(e, self.tcti, compared=op.comparing) from None
                 finally:
                     op.close()
         raise AssertionError("unreachable")
@@ -237,6 +250,7 @@ class Tpm:
                     raise BackendMismatch("this blob was not sealed by this TPM") from None
                 raise
             op.ctx.tr_set_auth(handle, auth or b"")
+            op.comparing = auth is not None
             return bytes(op.ctx.unseal(handle, session1=op.session))
 
         return self.run(work)
@@ -333,13 +347,13 @@ def _parse_blob(blob: bytes) -> tuple[Any, Any]:
     return private, public
 
 
-def _translate(e: Any, tcti: str) -> Exception:
+def _translate(e: Any, tcti: str, *, compared: bool = False) -> Exception:
     if e.error in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
         return AuthFailed("wrong authorisation (checked by the TPM)")
     if e.error == TPM2_RC.LOCKOUT:
         return LockedOut("the TPM is in dictionary-attack lockout")
     if int(e.rc) & _LAYER_MASK == _TCTI_LAYER:
-        return BackendError(f"lost the TPM at {tcti!r}: {e}")
+        return BackendUnavailable(f"lost the TPM at {tcti!r}: {e}", compared=compared)
     return BackendError(f"TPM error: {e}")
 
 
