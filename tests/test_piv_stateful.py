@@ -880,11 +880,14 @@ def test_the_model_catches_a_broken_applet(broken: type[PivApplet]) -> None:
     class Machine(PivSecurityMachine):
         make_applet = staticmethod(lambda: broken(serial=24681357))
 
+    # derandomize: the same generated programs every run, so whether the model
+    # catches each broken applet does not depend on luck.
     quick = settings(
         max_examples=500,
         stateful_step_count=40,
         deadline=None,
         database=None,
+        derandomize=True,
         phases=[Phase.generate],
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),
