@@ -4,17 +4,21 @@ The client is this process, using pyscard's thin ``smartcard.scard`` layer
 (one ``SCardTransmit`` per APDU, each timed); every card is a separate
 process (its own GIL, as in real use) connected to the private pcscd's vpcd:
 
-* slot 0, for the whole group: ``bare``, the path limit, a socket echo with
-  TCP_QUICKACK (:mod:`benchmarks.vpcd_card`), no engine at all;
+* slot 0, for the whole group: ``bare``, the path limit
+  (:mod:`benchmarks.vpcd_card`): no engine at all, it replays the answers a
+  vsc card gives to the benchmarked APDUs (recorded in-process before the
+  run), so each reference exchange carries the same bytes as the row it is
+  compared with;
 * slot 1, one after the other: vsc's emulator (``python -m vsc.emulator``)
   with the echo applet; vsc's emulator front-end serving a provisioned PIV
   card; the same PIV card behind the bare loop (engine without front-end,
   so the front-end's share shows); vicc as shipped (``/usr/bin/vicc``),
   which stalls ~44 ms per APDU on vpcd's split write, so its run is short.
 
-Each row alternates short bursts on the card under test with bursts on the
-bare card, and its share of the path limit is taken against the bare
-samples of the same window, so drift in the machine's speed cancels.
+Each row alternates short bursts on the card under test with bursts of the
+same APDU on the bare card, and its share of the path limit is taken
+against the bare samples of the same window, so drift in the machine's
+speed cancels.
 
 Pinning: the client, pcscd and the cards form a ping-pong chain of three
 processes on two vCPUs. Left to the scheduler, the chain lands on one CPU or
@@ -48,7 +52,10 @@ from .fixtures import (
     SLOT_P256,
     VERIFY_PIN,
     VERIFY_QUERY,
+    echo_card,
     ga_sign,
+    key_set,
+    piv_card,
 )
 from .report import GroupResult, Row, Target
 from .timing import Stats, clock
@@ -141,20 +148,40 @@ class Link:
                 return
 
 
+def recorded_answers() -> dict[bytes, bytes]:
+    """vsc's answers to the benchmarked APDUs, for the bare card to replay.
+
+    The bare card then moves the same bytes as the card under test (a
+    66-byte CHUID answer costs the path more than a 2-byte status word), and
+    its share measures what the card adds, not what the response size costs.
+    """
+    card, _ = piv_card(key_set())
+    for setup in (SELECT_PIV, VERIFY_PIN):
+        card.transmit(setup)
+    sign = ga_sign(KeyType.ECCP256, SLOT_P256, _P256_DIGEST)
+    answers = {apdu: card.transmit(apdu) for apdu in (VERIFY_QUERY, GET_DATA_CHUID, sign)}
+    answers[ECHO_4] = echo_card().transmit(ECHO_4)
+    for apdu, answer in answers.items():
+        if answer[-2:] != b"\x90\x00":
+            raise PcscError(f"{apdu.hex()}: the in-process card answered {answer.hex()}")
+    return answers
+
+
 def interleaved(
     reference: Link, test: Link, apdu: bytes, seconds: float, pool: list[float]
 ) -> tuple[Stats, Stats]:
-    """(reference, test) statistics from alternating bursts, ``seconds`` each in total.
+    """(reference, test) statistics from alternating bursts of ``apdu``, ``seconds`` each.
 
     The reference samples are also appended to ``pool``.
     """
     ref_samples: list[float] = []
     test_samples: list[float] = []
     test.transmit(apdu)
-    reference.burst(VERIFY_QUERY, 0.02, [])  # warm-up
+    reference.transmit(apdu)
+    reference.burst(apdu, 0.02, [])  # warm-up
     test.burst(apdu, 0.02, [])
     for _ in range(ROUNDS):
-        reference.burst(VERIFY_QUERY, seconds / ROUNDS, ref_samples)
+        reference.burst(apdu, seconds / ROUNDS, ref_samples)
         test.burst(apdu, seconds / ROUNDS, test_samples)
     pool.extend(ref_samples)
     return Stats.of(ref_samples), Stats.of(test_samples)
@@ -174,6 +201,7 @@ def run(ctx: RunContext) -> GroupResult:
         return group
 
     seconds = ctx.e2e_seconds
+    answers = recorded_answers()
     cpus = {PIN_CPU} if ctx.pin and hasattr(os, "sched_setaffinity") else None
     own_affinity = os.sched_getaffinity(0) if cpus else None
     bare_all: list[Stats] = []
@@ -207,7 +235,13 @@ def run(ctx: RunContext) -> GroupResult:
                 # Until pcscd has seen this card go, the slot still looks occupied.
                 env.wait_for_card(reader, present=False, timeout=CARD_TIMEOUT)
 
-            with card(0, ("-m", "benchmarks.vpcd_card", "bare")) as bare:
+            replay = env.workdir / "replay.txt"
+            replay.write_text(
+                "".join(f"{apdu.hex()} {answer.hex()}\n" for apdu, answer in answers.items()),
+                encoding="ascii",
+            )
+            bare_card = ("-m", "benchmarks.vpcd_card", "bare", "--replay", str(replay))
+            with card(0, bare_card) as bare:
 
                 def share_row(
                     name: str, apdu: bytes, link: Link, *, target: bool, anchor: bool = False
@@ -258,16 +292,22 @@ def run(ctx: RunContext) -> GroupResult:
                         "status query, i.e. the signature itself (see the engine group)"
                     )
 
+                # The engine's own share: the same card behind the bare loop. What the
+                # front-end adds is the difference to the rows above.
                 with card(1, ("-m", "benchmarks.vpcd_card", "bare-piv")) as floor:
                     floor.transmit(SELECT_PIV)
                     floor.transmit(VERIFY_PIN)
-                    share_row(
-                        "bare loop + vsc PIV engine (no front-end), status query",
-                        VERIFY_QUERY,
-                        floor,
-                        target=False,
-                        anchor=True,
-                    )
+                    for what, apdu in (
+                        ("status query", VERIFY_QUERY),
+                        ("GET DATA CHUID", GET_DATA_CHUID),
+                    ):
+                        share_row(
+                            f"bare loop + vsc PIV engine (no front-end), {what}",
+                            apdu,
+                            floor,
+                            target=False,
+                            anchor=True,
+                        )
 
                 if Path(VICC_PYTHON).exists() and Path("/usr/bin/vicc").exists():
                     with card(1, (str(VICC_RUNNER), "serve"), python=VICC_PYTHON) as vicc:
@@ -300,7 +340,7 @@ def run(ctx: RunContext) -> GroupResult:
         group.rows.insert(
             0,
             Row(
-                "bare vpcd card, socket echo (path limit)",
+                "bare vpcd card, replays the same answers (path limit)",
                 pooled,
                 rate=_rate(pooled),
                 anchor=True,

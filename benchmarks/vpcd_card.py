@@ -1,9 +1,11 @@
 """Cards for the end-to-end benchmarks: ``python -m benchmarks.vpcd_card KIND -H HOST -P PORT``.
 
-* ``bare``: the path limit. A bare-bones vpcd client that answers every
-  command APDU with the command itself plus ``9000``: no engine at all, just
-  the framing, ``TCP_QUICKACK`` after every ``recv`` and ``TCP_NODELAY``. What
-  pcscd + vpcd + the socket can carry, measured with the same client.
+* ``bare``: the path limit. A bare-bones vpcd client with no engine at all,
+  just the framing, ``TCP_QUICKACK`` after every ``recv`` and ``TCP_NODELAY``:
+  what pcscd + vpcd + the socket can carry, measured with the same client.
+  With ``--replay FILE`` (lines ``COMMAND-HEX ANSWER-HEX``) it answers those
+  commands with the recorded bytes, so a reference exchange moves exactly the
+  bytes of the card under test; any other command gets itself plus ``9000``.
 * ``piv``: vsc's own front-end (:class:`vsc.emulator.Emulator`, the code
   behind ``python -m vsc.emulator``) serving a PIV card provisioned like the
   engine benchmarks' (keys, certificate, CHUID).
@@ -40,13 +42,27 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
     return buf
 
 
+def load_replay(path: str) -> dict[bytes, bytes]:
+    """The ``--replay`` file: command -> recorded answer."""
+    answers = {}
+    with open(path, encoding="ascii") as lines:
+        for line in lines:
+            if line.strip():
+                command, answer = line.split()
+                answers[bytes.fromhex(command)] = bytes.fromhex(answer)
+    return answers
+
+
 def serve_bare(
     host: str,
     port: int,
     transmit: Callable[[bytes], bytes] | None = None,
     atr: bytes = BARE_ATR,
+    replay: dict[bytes, bytes] | None = None,
 ) -> None:
-    """The bare loop; answers ``command + 9000``, or ``transmit(command)`` if given."""
+    """The bare loop; answers ``transmit(command)`` if given, else from ``replay``, else
+    ``command + 9000``."""
+    recorded = (replay or {}).get
     deadline = time.monotonic() + _CONNECT_TIMEOUT
     while True:
         try:
@@ -71,7 +87,10 @@ def serve_bare(
                     sock.sendall(len(atr).to_bytes(2, "big") + atr)
                 continue
             # Never an empty frame: Card.transmit always answers at least a status word.
-            answer = payload + b"\x90\x00" if transmit is None else transmit(payload)
+            if transmit is not None:
+                answer = transmit(payload)
+            else:  # a dictionary look-up, no engine
+                answer = recorded(payload) or payload + b"\x90\x00"
             sock.sendall(len(answer).to_bytes(2, "big") + answer)
 
 
@@ -101,11 +120,13 @@ def main() -> int:
     parser.add_argument("kind", choices=["bare", "bare-piv", "piv"])
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-P", "--port", type=int, required=True)
+    parser.add_argument("--replay", metavar="FILE", help="bare: recorded answers to replay")
     args = parser.parse_args()
     if args.kind in ("bare", "bare-piv"):
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         if args.kind == "bare":
-            serve_bare(args.host, args.port)
+            replay = load_replay(args.replay) if args.replay else None
+            serve_bare(args.host, args.port, replay=replay)
         else:
             from .fixtures import key_set, piv_card
 

@@ -370,6 +370,40 @@ def test_exception_answering_get_atr_drops_and_reconnects() -> None:
         peer.close()
 
 
+def test_stop_ends_a_read_waiting_for_vpcd() -> None:
+    # A frame timeout far beyond the join's bound: only stop() itself can end the wait.
+    with fake_vpcd() as vpcd:
+        emulator = Emulator([default_card()], host="127.0.0.1", port=vpcd.port, frame_timeout=3600)
+        emulator.start()
+        try:
+            peer = vpcd.accept()
+            assert peer.atr() == DEFAULT_ATR  # the slot is now blocked reading the next frame
+            emulator.stop()
+            assert emulator.join(TIMEOUT), "a slot thread kept waiting for vpcd"
+            peer.assert_dropped()
+            peer.close()
+        finally:
+            emulator.stop()
+            emulator.join(TIMEOUT)
+            emulator.close()
+
+
+def test_peer_that_stops_reading_answers_is_dropped_and_reconnects() -> None:
+    with fake_vpcd() as vpcd, running([default_card()], vpcd.port):
+        peer = vpcd.accept()
+        assert peer.transmit(SELECT_ECHO) == OK
+        # Ask for 64 KB answers and never read them: once the socket buffers are full
+        # the emulator's send is stuck, and the frame timeout ends the connection.
+        long_answer = bytes.fromhex("0002FFFD000000")
+        with contextlib.suppress(OSError):  # the emulator may drop us while we still write
+            for _ in range(400):
+                peer.send_frame(long_answer)
+        second = vpcd.accept()
+        assert second.atr() == DEFAULT_ATR
+        second.close()
+        peer.close()
+
+
 # --- several slots --------------------------------------------------------------------------
 
 
@@ -469,13 +503,19 @@ def test_reversed_mode_busy_port_fails_at_start() -> None:
 # --- pieces ---------------------------------------------------------------------------------------
 
 
-def test_tune_sets_nodelay() -> None:
+def test_tune_sets_nodelay_and_bounds_every_call() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = socket.create_connection(server.getsockname(), timeout=TIMEOUT)
-        with client:
-            _tune(client, 1.0)
+        peer, _ = server.accept()
+        with client, peer:
+            _tune(client, 0.05)
             assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-            assert client.gettimeout() == 1.0
+            # A silent peer ends a read, and a peer that never reads ends a write, with
+            # an error instead of a hang (the emulator then drops the connection).
+            with pytest.raises(OSError):
+                client.recv(1)
+            with pytest.raises(OSError):
+                client.sendall(bytes(64 << 20))
 
 
 def test_emulator_rejects_a_card_in_two_slots() -> None:

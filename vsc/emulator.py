@@ -12,9 +12,14 @@ Design:
   card does not stall the others (CPython switches threads every 5 ms, and
   ``cryptography`` releases the GIL in its heavy operations). A card is only
   ever touched by its own slot's thread, so cards need no locking.
-* Each slot thread waits in a selector on its socket and on a shared wake-up
-  pipe, so :meth:`Emulator.stop` (called from the SIGINT/SIGTERM handler)
-  ends every wait at once, without polling.
+* A connection is served with plain blocking calls, the fewest system calls
+  per APDU: ``recv`` (vpcd sends the length and the APDU separately, so
+  usually two per APDU), ``TCP_QUICKACK`` after each, one ``send``. The
+  kernel bounds each call by the frame timeout (SO_RCVTIMEO/SO_SNDTIMEO);
+  :meth:`Emulator.stop` (called from the SIGINT/SIGTERM handler) shuts every
+  connected socket down, which ends its thread's blocking call at once.
+  Connecting, accepting and backing off wait on a selector with a shared
+  wake-up pipe (or the stop event) instead, so they end at once too.
 * Normal mode connects to vpcd and reconnects with exponential backoff
   (0.1 s doubling to 2 s) while vpcd is absent; after a connection that did
   useful work the backoff starts over, so a pcscd restart costs ~0.1 s.
@@ -45,14 +50,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import logging
 import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -79,13 +87,13 @@ from .store.piv import open_piv
 from .store.store import CARDS_DIR
 from .vpcd import (
     NEED_DATA,
-    Command,
     ConnectionClosed,
     Event,
     GetAtr,
     RemoteProtocolError,
     VpcdConnection,
     respond,
+    respond_apdu,
 )
 
 __all__ = [
@@ -236,19 +244,41 @@ class _Drop(Exception):
     """End this connection (the slot then reconnects)."""
 
 
-def _set_quickack(sock: socket.socket) -> None:
-    # Linux clears QUICKACK again after a while, hence after every recv.
-    if hasattr(socket, "TCP_QUICKACK"):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+#: Linux only; elsewhere vpcd's split writes cost the delayed-ACK stall.
+_QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _quickack(sock: socket.socket) -> Callable[[], None]:
+    """A call that sets TCP_QUICKACK on ``sock`` (a no-op where there is none).
+
+    Linux drops out of quick-ACK mode whenever we send, hence a call after
+    every recv. A partial of the bound method: no Python frame twice per APDU.
+    """
+    if _QUICKACK is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return _no_quickack
+    return functools.partial(sock.setsockopt, socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
+def _no_quickack() -> None:
+    return None
 
 
 def _tune(sock: socket.socket, timeout: float) -> None:
+    """A blocking socket whose every recv and send gives up after ``timeout`` seconds.
+
+    The kernel bounds the calls (SO_RCVTIMEO, SO_SNDTIMEO; an expiry is
+    BlockingIOError): Python's own timeout mode would poll() before every
+    recv, one more system call per read on the hot path. Waits are ended
+    early by :meth:`Emulator.stop` shutting the socket down.
+    """
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _set_quickack(sock)
-    # Bounds sendall() to a peer that stopped reading; reads go through the selector.
-    sock.settimeout(timeout)
+        _quickack(sock)()
+    sock.setblocking(True)
+    seconds = int(timeout)
+    timeval = struct.pack("@ll", seconds, int((timeout - seconds) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 class _Slot:
@@ -299,13 +329,14 @@ class _Slot:
         """Serve one connection; whether any frame was handled."""
         handled = 0
         try:
-            handled = self._serve(sock)
+            if self.owner.track(sock):
+                handled = self._serve(sock)
         except _Drop as exc:
             log.warning("%s: dropping the connection: %s", self.name, exc)
         except Exception:
             log.exception("%s: connection failed", self.name)
         finally:
-            sock.close()
+            self.owner.release(sock)
             self._power_off()
         return handled > 0
 
@@ -359,54 +390,79 @@ class _Slot:
         """Run one connection until it ends; returns the number of frames handled."""
         owner = self.owner
         _tune(sock, owner.frame_timeout)
-        with owner.selector(sock, selectors.EVENT_READ) as selector:
-            return self._exchange(sock, selector)
-
-    def _exchange(self, sock: socket.socket, selector: selectors.BaseSelector) -> int:
-        owner = self.owner
         conn = VpcdConnection()
+        card = self.card
+        # Looked up once: this loop runs twice per APDU (vpcd sends length and APDU apart).
+        recv, send, quickack = sock.recv, sock.send, _quickack(sock)
         handled = 0
         while True:
-            timeout = owner.frame_timeout if conn.in_frame else None
-            if not owner.ready(sock, selector, timeout):
-                if not owner.stopping:
-                    log.warning("%s: peer stalled inside a frame; dropping it", self.name)
-                return handled
+            # Blocking: the frame timeout is the socket's; stop() shuts the socket down.
             try:
-                data = sock.recv(_RECV_SIZE)
+                data = recv(_RECV_SIZE)
+            except BlockingIOError:  # frame_timeout passed without a byte
+                if owner.stopping:
+                    return handled
+                if conn.in_frame:
+                    log.warning("%s: peer stalled inside a frame; dropping it", self.name)
+                    return handled
+                continue  # idle between frames: that is vpcd's right
             except OSError as exc:
-                log.info("%s: connection lost: %s", self.name, exc)
+                if not owner.stopping:
+                    log.info("%s: connection lost: %s", self.name, exc)
                 return handled
-            _set_quickack(sock)
+            if not data and owner.stopping:
+                return handled  # stop() shut the socket down
+            quickack()
             conn.receive_data(data)
             while True:
                 try:
-                    event = conn.next_event()
+                    item = conn.next_apdu()  # a command comes as bare bytes: no event object
                 except RemoteProtocolError as exc:
                     log.warning("%s: protocol error, dropping the connection: %s", self.name, exc)
                     return handled
-                if event is NEED_DATA:
+                if item is NEED_DATA:
                     break
-                if isinstance(event, ConnectionClosed):
+                if isinstance(item, bytes):
+                    try:
+                        answer: bytes | None = respond_apdu(card, item)
+                    except Exception:  # the card broke its never-raises contract
+                        # Not the APDU in the log: it may hold a PIN.
+                        log.exception("%s: error handling a command (INS %02X)", self.name, item[1])
+                        answer = _SW_UNKNOWN  # vpcd waits for an answer: never leave it waiting
+                elif isinstance(item, ConnectionClosed):
                     log.info("%s: vpcd closed the connection", self.name)
                     return handled
+                else:
+                    answer = self._answer(item)
                 handled += 1
-                answer = self._answer(event)
-                if answer is not None:
-                    try:
-                        sock.sendall(conn.send(answer))
-                    except OSError as exc:
-                        log.info("%s: connection lost while answering: %s", self.name, exc)
-                        return handled
+                if answer is None:
+                    continue
+                frame = conn.send(answer)
+                try:
+                    # Blocking: one send queues the whole frame unless the peer stopped reading.
+                    sent = send(frame)
+                    if sent != len(frame):
+                        self._send_rest(sock, frame, sent)
+                except OSError as exc:
+                    log.info("%s: connection lost while answering: %s", self.name, exc)
+                    return handled
+
+    def _send_rest(self, sock: socket.socket, frame: bytes, sent: int) -> None:
+        """Finish a partly sent frame: the whole answer within the frame timeout, as sendall."""
+        deadline = time.monotonic() + self.owner.frame_timeout
+        view = memoryview(frame)[sent:]
+        while view:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the peer stopped reading our answer")
+            view = view[sock.send(view) :]  # BlockingIOError: a timeout without progress
 
     def _answer(self, event: Event) -> bytes | None:
+        """Apply a control event (commands take the bytes path in :meth:`_serve`)."""
         try:
             return respond(self.card, event)
         except Exception:
             log.exception("%s: error handling %r", self.name, event)
-        # vpcd blocks until a command or GET ATR is answered: never leave it waiting.
-        if isinstance(event, Command):
-            return _SW_UNKNOWN
+        # vpcd blocks until GET ATR is answered: never leave it waiting.
         if isinstance(event, GetAtr):
             raise _Drop("no ATR to answer with")
         return None
@@ -441,6 +497,10 @@ class Emulator:
         self.frame_timeout = frame_timeout
         self.backoff = backoff or Backoff()
         self._stop = threading.Event()
+        # Connected sockets, shut down by stop() to end their blocking calls. An RLock:
+        # stop() may run in a signal handler that interrupted stop() in the main thread.
+        self._live: set[socket.socket] = set()
+        self._live_lock = threading.RLock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._slots = [
@@ -473,6 +533,10 @@ class Emulator:
         # OSError: closed already, or the pipe is full (a wake-up is pending anyway).
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
+        with self._live_lock:
+            for sock in self._live:
+                with contextlib.suppress(OSError):  # the peer may have gone already
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def wait(self) -> None:
         """Block until :meth:`stop` is called."""
@@ -512,6 +576,20 @@ class Emulator:
     def wait_stop(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; whether we are stopping."""
         return self._stop.wait(seconds)
+
+    def track(self, sock: socket.socket) -> bool:
+        """Let :meth:`stop` end ``sock``'s blocking calls; False if stopping already."""
+        with self._live_lock:
+            if self._stop.is_set():
+                return False
+            self._live.add(sock)
+            return True
+
+    def release(self, sock: socket.socket) -> None:
+        """Close a socket from :meth:`track` (under the lock: stop() never sees a reused fd)."""
+        with self._live_lock:
+            self._live.discard(sock)
+            sock.close()
 
     def selector(self, sock: socket.socket, events: int) -> selectors.BaseSelector:
         """A selector watching ``sock`` for ``events`` and the wake-up pipe."""

@@ -26,6 +26,9 @@ Like h11, this module does no I/O: feed received bytes to
 :meth:`VpcdConnection.receive_data` (``b""`` means the peer closed the
 stream), pull events with :meth:`VpcdConnection.next_event` until it returns
 :data:`NEED_DATA`, and write whatever :meth:`VpcdConnection.send` returns.
+A hot loop may pull with :meth:`VpcdConnection.next_apdu` instead, which
+hands a command over as its bare APDU bytes (no event object per APDU), and
+answer it with :func:`respond_apdu`.
 
 Errors are split by blame, as in h11:
 
@@ -71,6 +74,7 @@ __all__ = [
     "VpcdConnection",
     "VpcdError",
     "respond",
+    "respond_apdu",
 ]
 
 _log = logging.getLogger(__name__)
@@ -230,6 +234,29 @@ class VpcdConnection:
             self._error = exc
             raise
 
+    def next_apdu(self) -> bytes | Event | NeedData:
+        """:meth:`next_event` for a hot loop: a command frame comes as its bare APDU.
+
+        The same events, errors and order as :meth:`next_event`, except that a
+        :class:`Command` is returned as its ``apdu`` bytes (no event object
+        per APDU). ``isinstance(result, bytes)`` tells the two apart.
+        """
+        buffer = self._buffer
+        # The two common cases inline: a frame still arriving, a whole command frame.
+        if self._error is None and not self._eof:
+            if len(buffer) < _HEADER:
+                return NEED_DATA
+            length = (buffer[0] << 8) | buffer[1]
+            if 2 <= length <= self._max_frame:  # a command frame (1 is a control code)
+                end = _HEADER + length
+                if end > len(buffer):
+                    return NEED_DATA
+                apdu = bytes(buffer[_HEADER:end])
+                del buffer[:end]
+                return apdu
+        event = self.next_event()
+        return event.apdu if isinstance(event, Command) else event
+
     def _parse(self) -> Event | NeedData:
         buffer = self._buffer
         if len(buffer) >= _HEADER:
@@ -295,14 +322,7 @@ def respond(card: CardLike, event: Event) -> bytes | None:
     """
     match event:
         case Command(apdu):
-            answer = card.transmit(apdu)
-            if not 2 <= len(answer) <= MAX_FRAME:
-                # Empty would wedge vpcd; over 0xFFFF cannot be framed.
-                _log.error(
-                    "card answered %d bytes, vpcd cannot take it; answering 6F00", len(answer)
-                )
-                return _SW_UNKNOWN
-            return answer
+            return respond_apdu(card, apdu)
         case GetAtr():
             return card.atr
         case PowerOn():
@@ -314,3 +334,13 @@ def respond(card: CardLike, event: Event) -> bytes | None:
         case UnknownControl(code):
             _log.warning("ignoring unknown vpcd control code %02X", code)
     return None
+
+
+def respond_apdu(card: CardLike, apdu: bytes) -> bytes:
+    """:func:`respond` to a command given as its bare APDU (:meth:`VpcdConnection.next_apdu`)."""
+    answer = card.transmit(apdu)
+    if not 2 <= len(answer) <= MAX_FRAME:
+        # Empty would wedge vpcd; over 0xFFFF cannot be framed.
+        _log.error("card answered %d bytes, vpcd cannot take it; answering 6F00", len(answer))
+        return _SW_UNKNOWN
+    return answer

@@ -179,11 +179,15 @@ def valid_pin_block(block: bytes) -> bool:
     return length >= 6 and block[length:] == b"\xff" * (PIN_BLOCK_SIZE - length)
 
 
+#: P2 -> reference; a dictionary look-up, not the enum's call (every VERIFY does this).
+_REFERENCES: dict[int, Reference] = {int(ref): ref for ref in Reference}
+
+
 def _reference(p2: int) -> Reference:
-    try:
-        return Reference(p2)
-    except ValueError:
-        raise ApduError(SW.REFERENCE_NOT_FOUND, f"key reference {p2:02X}") from None
+    ref = _REFERENCES.get(p2)
+    if ref is None:
+        raise ApduError(SW.REFERENCE_NOT_FOUND, f"key reference {p2:02X}")
+    return ref
 
 
 def _object_tag(value: bytes) -> int:

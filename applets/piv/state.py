@@ -183,6 +183,10 @@ class PivData:
     def __init__(self, record: PivRecord | None = None, *, store: PivStore | None = None) -> None:
         self._record = record if record is not None else PivRecord.factory(random_serial())
         self._store: PivStore = store if store is not None else MemoryStore()
+        # (record before a try, the same record with the try spent, the reference): a
+        # correct VERIFY goes from the first to the second and back, so the next try
+        # reuses both instead of building two new records (records are immutable).
+        self._spent: tuple[PivRecord, PivRecord, Reference] | None = None
 
     @property
     def record(self) -> PivRecord:
@@ -208,12 +212,18 @@ class PivData:
 
     def consume_try(self, ref: Reference) -> int:
         """Decrement the counter (committed) before a comparison; returns what is left."""
-        tries = self._record.tries(ref)
-        if tries.remaining == 0:
-            raise ValueError(f"{ref.name} is blocked")
-        left = RetryCounter(tries.maximum, tries.remaining - 1)
-        self.commit(self._record.with_secret(ref, tries=left))
-        return left.remaining
+        before = self._record
+        spent = self._spent
+        if spent is not None and spent[0] is before and spent[2] is ref:
+            after = spent[1]  # made from this very record, which had a try left
+        else:
+            tries = before.tries(ref)
+            if tries.remaining == 0:
+                raise ValueError(f"{ref.name} is blocked")
+            after = before.with_secret(ref, tries=RetryCounter(tries.maximum, tries.remaining - 1))
+            self._spent = (before, after, ref)
+        self.commit(after)
+        return after.tries(ref).remaining
 
     def matches(self, ref: Reference, candidate: bytes) -> bool:
         """Constant-time comparison with the stored PIN or PUK block."""
@@ -221,10 +231,17 @@ class PivData:
 
     def restore_tries(self, ref: Reference) -> None:
         """After a correct value: the counter back to its maximum."""
-        tries = self._record.tries(ref)
-        if tries.remaining != tries.maximum:
-            full = RetryCounter(tries.maximum, tries.maximum)
-            self.commit(self._record.with_secret(ref, tries=full))
+        record = self._record
+        tries = record.tries(ref)
+        if tries.remaining == tries.maximum:
+            return
+        spent = self._spent
+        if spent is not None and spent[1] is record and spent[2] is ref:
+            before = spent[0]
+            if before.tries(ref).remaining == tries.maximum:
+                self.commit(before)  # only the counter differed: this is the full record
+                return
+        self.commit(record.with_secret(ref, tries=RetryCounter(tries.maximum, tries.maximum)))
 
     def set_secret(self, ref: Reference, value: bytes) -> None:
         """A new PIN or PUK block; its counter goes back to the maximum."""
