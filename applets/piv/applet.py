@@ -190,6 +190,10 @@ def _reference(p2: int) -> Reference:
     return ref
 
 
+_DISCOVERY = int(ObjectId.DISCOVERY)
+_BIT_GROUP = int(ObjectId.BIT_GROUP)
+
+
 def _object_tag(value: bytes) -> int:
     if not 1 <= len(value) <= 3:
         raise InvalidData("object identifier of bad length")
@@ -282,6 +286,8 @@ class PivApplet(Applet[SecurityState]):
         # (RESET count, PIN replacement count): sessions compare it to learn
         # that another channel invalidated their security state.
         self._epoch = (0, 0)
+        # GET DATA answers by tag, with the object they encode (a new value misses).
+        self._answers: dict[int, tuple[bytes, bytes]] = {}
         self._provision_attestation(fresh_data=fresh)
 
     def _provision_attestation(self, *, fresh_data: bool = False) -> None:
@@ -427,18 +433,27 @@ class PivApplet(Applet[SecurityState]):
 
     @command(INS_GET_DATA)
     def get_data(self, apdu: CommandApdu, session: SecurityState) -> bytes:
-        if (apdu.p1, apdu.p2) != (0x3F, 0xFF):
+        if apdu.p1 != 0x3F or apdu.p2 != 0xFF:
             raise IncorrectParameters("GET DATA P1P2 must be 3FFF")
-        tag = _object_tag(parse_tlv(apdu.data, TAG_OBJECT_ID).value)
-        if tag == ObjectId.DISCOVERY:
+        data = apdu.data
+        # The shape every client sends, 5C <len> <tag>, read without the TLV parser.
+        if 3 <= len(data) <= 5 and data[0] == TAG_OBJECT_ID and data[1] == len(data) - 2:
+            tag = int.from_bytes(data[2:], "big")
+        else:
+            tag = _object_tag(parse_tlv(data, TAG_OBJECT_ID).value)
+        if tag == _DISCOVERY:
             return DISCOVERY_OBJECT
         if tag in PIN_PROTECTED and not session.pin_verified:
             raise SecurityStatusNotSatisfied(f"object {tag:X} needs the PIN")
         value = self.data.get_object(tag) if is_stored(tag) else None
         if value is None:
             raise NotFound(f"no object {tag:X}")
-        wrapper = ObjectId.BIT_GROUP if tag == ObjectId.BIT_GROUP else TAG_OBJECT_DATA
-        return encode_tlv(wrapper, value)
+        cached = self._answers.get(tag)
+        if cached is not None and cached[0] is value:  # objects are immutable bytes
+            return cached[1]
+        answer = encode_tlv(_BIT_GROUP if tag == _BIT_GROUP else TAG_OBJECT_DATA, value)
+        self._answers[tag] = (value, answer)
+        return answer
 
     @command(INS_PUT_DATA)
     def put_data(self, apdu: CommandApdu, session: SecurityState) -> bytes:
