@@ -17,7 +17,6 @@ stopped by its PID; every wait is bounded.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
@@ -50,6 +49,7 @@ from vsc.share.home import ShareHome
 from vsc.share.protocol import Attach, Attached, Error, ErrorCode
 from vsc.testing import EmulatorProcess, HarnessError, PcscdEnv
 from vsc.testing.pcscd import die_with_parent_argv, stop_process
+from vsc.testing.proxy import TcpProxy
 from vsc.testing.tools import find_pkcs11_module
 
 pytestmark = pytest.mark.e2e
@@ -652,63 +652,6 @@ def test_shared_mode_lets_local_applications_in(bed: ShareBed) -> None:
 # --- the wire: nothing in clear ------------------------------------------------------------------
 
 
-class RecordingProxy:
-    """A TCP relay that keeps every byte it forwards, per direction."""
-
-    def __init__(self, listen_host: str, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server((listen_host, 0))
-        self.listener.settimeout(0.2)
-        self.address = self.listener.getsockname()[:2]
-        self.upstream = bytearray()  # endpoint -> service
-        self.downstream = bytearray()  # service -> endpoint
-        self.streams: list[tuple[bytearray, bytearray]] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            server = socket.create_connection(self.target, timeout=10.0)
-            up, down = bytearray(), bytearray()
-            self.streams.append((up, down))
-            for source, sink, record in ((client, server, up), (server, client, down)):
-                thread = threading.Thread(
-                    target=self._pump, args=(source, sink, record), daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray) -> None:
-        source.settimeout(0.2)
-        with contextlib.suppress(OSError):
-            while not self._stop.is_set():
-                try:
-                    data = source.recv(65536)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                record += data
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._accepter.join(5.0)
-        for thread in self._threads:
-            thread.join(5.0)
-
-
 def tls_records(stream: bytes) -> list[tuple[int, int, bytes]]:
     """(content type, legacy version, fragment) of each TLS record; the stream must be whole."""
     records = []
@@ -745,7 +688,7 @@ def server_hello_version(fragment: bytes) -> int:
 def test_no_pin_in_a_capture_of_the_link(bed: ShareBed) -> None:
     prepare_local_key(bed)
     proxy_host = bed.netns.host_address if bed.netns is not None else "127.0.0.1"
-    proxy = RecordingProxy(proxy_host, bed.service_address)
+    proxy = TcpProxy(bed.service_address, listen_host=proxy_host)
     try:
         spec = f"{proxy.address[0]}:{proxy.address[1]}"
         endpoint = bed.attach(session="capture", service=spec)
@@ -762,9 +705,9 @@ def test_no_pin_in_a_capture_of_the_link(bed: ShareBed) -> None:
     finally:
         proxy.close()
 
-    assert proxy.streams, "the endpoint did not go through the proxy"
+    assert proxy.connections, "the endpoint did not go through the proxy"
     pin = PIN.encode()
-    for up, down in proxy.streams:
+    for up, down in proxy.connections:
         for stream in (bytes(up), bytes(down)):
             assert pin not in stream
             assert pin.hex().encode() not in stream.lower()
@@ -776,7 +719,7 @@ def test_no_pin_in_a_capture_of_the_link(bed: ShareBed) -> None:
         for kind, version, fragment in client[1:] + server[1:]:
             assert version == 0x0303
             assert kind == 0x17 or (kind == 0x14 and fragment == b"\x01"), kind
-    up_total = sum(len(up) for up, _ in proxy.streams)
+    up_total = sum(len(up) for up, _ in proxy.connections)
     assert up_total > 2000  # the APDUs did cross it
 
     # Nor in the logs, which ran with the APDU trace on (-vvv): VERIFY shows masked.

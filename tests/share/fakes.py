@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -300,66 +299,3 @@ class FakeVpcd:
                 self.sock.close()
             self.sock = None
         self.listener.close()
-
-
-class CuttableProxy:
-    """A TCP relay whose connections the test can cut (a lost link, not a clean close)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.address = ("127.0.0.1", self.listener.getsockname()[1])
-        self.accepted = 0
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            server = socket.create_connection(self.target, timeout=5)
-            self._pairs.append((client, server))
-            self.accepted += 1
-            for a, b in ((client, server), (server, client)):
-                thread = threading.Thread(target=self._pump, args=(a, b), daemon=True)
-                self._threads.append(thread)
-                thread.start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        source.settimeout(0.1)
-        with contextlib.suppress(OSError):
-            while not self._stop.is_set():
-                try:
-                    data = source.recv(65536)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def cut(self) -> None:
-        """Reset every connection, both sides, without a TLS close_notify."""
-        pairs, self._pairs = self._pairs, []
-        for pair in pairs:
-            for sock in pair:
-                with contextlib.suppress(OSError):
-                    # Linger 0: close sends RST, as a dropped link would.
-                    linger = struct.pack("ii", 1, 0)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                    sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.cut()
-        self.listener.close()
-        for thread in self._threads:
-            thread.join(5)

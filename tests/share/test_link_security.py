@@ -71,6 +71,7 @@ from vsc.share.protocol import (
 )
 from vsc.share.service import ShareService
 from vsc.share.tls import pairing_context, server_context
+from vsc.testing.proxy import TcpProxy
 from vsc.trace import TRACE
 
 from .fakes import SELECT_ECHO, FakeVpcd, MemoryReaders, echo_card
@@ -334,84 +335,15 @@ def test_a_certificate_issued_by_a_pinned_certificate_is_not_the_pinned_one(bed:
 # -- tampered traffic ------------------------------------------------------------------------------
 
 
-class TamperingProxy:
-    """A TCP relay that flips the last bit of the next chunk in a direction when armed.
-
-    It records every byte it forwards, per direction, after any flip.
-    """
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.address = ("127.0.0.1", self.listener.getsockname()[1])
-        self.armed = {"up": threading.Event(), "down": threading.Event()}
-        self.flipped = {"up": 0, "down": 0}
-        self.streams = {"up": bytearray(), "down": bytearray()}
-        self.accepted = 0
-        self._socks: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                near, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            far = socket.create_connection(self.target, timeout=5)
-            self._socks += [near, far]
-            self.accepted += 1
-            for source, sink, direction in ((near, far, "up"), (far, near, "down")):
-                thread = threading.Thread(
-                    target=self._pump, args=(source, sink, direction), daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
-        source.settimeout(0.1)
-        with contextlib.suppress(OSError):
-            while not self._stop.is_set():
-                try:
-                    data = source.recv(65536)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                if self.armed[direction].is_set():
-                    self.armed[direction].clear()
-                    data = data[:-1] + bytes([data[-1] ^ 0x01])
-                    self.flipped[direction] += 1
-                self.streams[direction] += data
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        for sock in self._socks:
-            with contextlib.suppress(OSError):
-                sock.close()
-        for thread in self._threads:
-            thread.join(5)
-
-
 @pytest.fixture
-def proxy(bed: Bed) -> Iterator[TamperingProxy]:
-    tampering = TamperingProxy(bed.service.address)
+def proxy(bed: Bed) -> Iterator[TcpProxy]:
+    tampering = TcpProxy(bed.service.address)
     yield tampering
     tampering.close()
 
 
 @pytest.mark.parametrize("direction", ["up", "down"])
-def test_a_flipped_bit_in_the_handshake_fails_it(
-    bed: Bed, proxy: TamperingProxy, direction: str
-) -> None:
+def test_a_flipped_bit_in_the_handshake_fails_it(bed: Bed, proxy: TcpProxy, direction: str) -> None:
     proxy.armed[direction].set()  # the ClientHello, or the ServerHello and what follows
     with pytest.raises(ShareError):
         bed.session(proxy.address)
@@ -423,7 +355,7 @@ def test_a_flipped_bit_in_the_handshake_fails_it(
 
 @pytest.mark.parametrize("direction", ["up", "down"])
 def test_a_flipped_bit_after_the_handshake_drops_the_link(
-    bed: Bed, proxy: TamperingProxy, direction: str
+    bed: Bed, proxy: TcpProxy, direction: str
 ) -> None:
     session = bed.session(proxy.address)
     link = session.link
@@ -444,9 +376,7 @@ def test_a_flipped_bit_after_the_handshake_drops_the_link(
     bed.still_serving()
 
 
-def test_an_attached_endpoint_reattaches_after_a_tampered_record(
-    bed: Bed, proxy: TamperingProxy
-) -> None:
+def test_an_attached_endpoint_reattaches_after_a_tampered_record(bed: Bed, proxy: TcpProxy) -> None:
     vpcd = FakeVpcd()
     try:
         endpoint = bed.endpoint(vpcd, "Reader 1", "alice", proxy.address)
@@ -601,7 +531,7 @@ def secret_forms(secret: str) -> list[str]:
 
 
 def test_no_pin_in_the_logs_nor_on_the_wire(
-    bed: Bed, proxy: TamperingProxy, caplog: pytest.LogCaptureFixture
+    bed: Bed, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(TRACE, logger="vsc")  # the card's and the relay's APDU traces too
     vpcd = FakeVpcd()
@@ -635,7 +565,7 @@ def test_no_pin_in_the_logs_nor_on_the_wire(
         for form in secret_forms(secret):
             assert form not in logs, f"{form!r} in the logs"
             assert form not in events, f"{form!r} in the event logs"
-        for direction, stream in proxy.streams.items():
+        for direction, stream in proxy.recorded.items():
             assert secret.encode() not in stream, f"{secret} in clear on the wire ({direction})"
-    assert len(proxy.streams["up"]) > 1000  # the APDUs did cross the proxy
+    assert len(proxy.recorded["up"]) > 1000  # the APDUs did cross the proxy
     bed.still_serving()

@@ -42,8 +42,9 @@ from vsc.share.protocol import (
 )
 from vsc.share.service import ShareService
 from vsc.share.tls import pairing_context
+from vsc.testing.proxy import TcpProxy
 
-from .fakes import SELECT_ECHO, CuttableProxy, FakeVpcd, MemoryHandle, MemoryReaders, echo_card
+from .fakes import SELECT_ECHO, FakeVpcd, MemoryHandle, MemoryReaders, echo_card
 
 READER_1 = "Virtual PCD 00 00"
 READER_2 = "Virtual PCD 00 01"
@@ -301,7 +302,7 @@ def test_a_peer_detaches_only_its_own_sessions(
 
 
 def test_a_lost_link_reattaches(relay: Relay, vpcd: FakeVpcd) -> None:
-    proxy = CuttableProxy(relay.service.address)
+    proxy = TcpProxy(relay.service.address)
     try:
         endpoint, _ = relay.endpoint(vpcd, address=proxy.address)
         vpcd.accept()
