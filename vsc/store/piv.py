@@ -220,13 +220,21 @@ class StoredKeyStore(KeyStore):
 
     def __init__(self, card: StoredCard) -> None:
         self._card = card
+        # Decoded public key information by slot (None: empty). Only this process
+        # writes the card (it holds the card's lock); every write below drops the
+        # slots it touches before it starts.
+        self._infos: dict[int, KeyInfo | None] = {}
 
     def __repr__(self) -> str:
         return f"<StoredKeyStore {self._card.name!r} slots={self._occupied_slots()}>"
 
     def _load_info(self, slot: int) -> KeyInfo | None:
+        if slot in self._infos:
+            return self._infos[slot]
         raw = self._card.get(_info_name(slot))
-        return None if raw is None else _decode_info(slot, raw)
+        info = None if raw is None else _decode_info(slot, raw)
+        self._infos[slot] = info
+        return info
 
     def _load_private_key(self, slot: int) -> PrivateKey:
         try:
@@ -248,6 +256,7 @@ class StoredKeyStore(KeyStore):
     def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> None:
         der = private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
         replacing = self._card.protection_of(_key_name(slot)) is not None
+        self._infos.pop(slot, None)
         with self._card.transaction():
             self._card.put(_info_name(slot), _encode_info(info))
             self._card.put(_key_name(slot), der, protection=key_protection(slot, info.pin_policy))
@@ -255,6 +264,7 @@ class StoredKeyStore(KeyStore):
                 self._card.scrub()  # the old private key must not linger in the files
 
     def _erase(self, slot: int) -> None:
+        self._infos.pop(slot, None)
         with self._card.transaction():
             self._card.delete(_key_name(slot))
             self._card.delete(_info_name(slot))
@@ -262,6 +272,8 @@ class StoredKeyStore(KeyStore):
 
     def _move(self, src: int, dst: int) -> None:
         # Renames without unsealing anything: MOVE KEY needs the management key only.
+        self._infos.pop(src, None)
+        self._infos.pop(dst, None)
         with self._card.transaction():
             self._card.rename(_info_name(src), _info_name(dst))
             self._card.rename(_key_name(src), _key_name(dst))
@@ -285,6 +297,7 @@ class StoredKeyStore(KeyStore):
             self._card.put(_ATTESTATION_CERT, der)
 
     def reset(self) -> None:
+        self._infos.clear()
         with self._card.transaction():  # all slots or none
             super().reset()
 
