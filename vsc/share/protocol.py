@@ -564,22 +564,31 @@ def _atr(body: _Reader, low: int) -> bytes:
     return atr
 
 
-@dataclass(frozen=True, slots=True)
-class Attached(_Message):
-    """Reply to ATTACH: the card's ATR, or b"" when the reader is empty."""
+class _AtrMessage(_Message):
+    """A message whose body is one ATR (at least ``ATR_MIN`` bytes)."""
 
-    TYPE: ClassVar[MessageType] = MessageType.ATTACHED
-    atr: bytes = b""
+    __slots__ = ()
+    ATR_MIN: ClassVar[int] = 1
+    atr: bytes
 
     def __post_init__(self) -> None:
-        _check_size(self.atr, "ATR", 0, ATR_MAX)
+        _check_size(self.atr, "ATR", self.ATR_MIN, ATR_MAX)
 
     def encode_body(self, out: _Writer) -> None:
         out.bytes16(self.atr)
 
     @classmethod
     def decode_body(cls, body: _Reader) -> Self:
-        return cls(_atr(body, 0))
+        return cls(_atr(body, cls.ATR_MIN))  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True, slots=True)
+class Attached(_AtrMessage):
+    """Reply to ATTACH: the card's ATR, or b"" when the reader is empty."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ATTACHED
+    ATR_MIN: ClassVar[int] = 0
+    atr: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,21 +611,11 @@ class Ok(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Atr(_Message):
+class Atr(_AtrMessage):
     """Reply to POWER_ON and RESET: the card's ATR now."""
 
     TYPE: ClassVar[MessageType] = MessageType.ATR
     atr: bytes
-
-    def __post_init__(self) -> None:
-        _check_size(self.atr, "ATR", 1, ATR_MAX)
-
-    def encode_body(self, out: _Writer) -> None:
-        out.bytes16(self.atr)
-
-    @classmethod
-    def decode_body(cls, body: _Reader) -> Self:
-        return cls(_atr(body, 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,21 +694,11 @@ class Paired(_Message):
 
 
 @dataclass(frozen=True, slots=True)
-class CardInserted(_Message):
+class CardInserted(_AtrMessage):
     """Event: a card is in the attached reader (and connected)."""
 
     TYPE: ClassVar[MessageType] = MessageType.CARD_INSERTED
     atr: bytes
-
-    def __post_init__(self) -> None:
-        _check_size(self.atr, "ATR", 1, ATR_MAX)
-
-    def encode_body(self, out: _Writer) -> None:
-        out.bytes16(self.atr)
-
-    @classmethod
-    def decode_body(cls, body: _Reader) -> Self:
-        return cls(_atr(body, 1))
 
 
 @dataclass(frozen=True, slots=True)
