@@ -28,7 +28,7 @@ class LoginApplet(Applet[LoginSession]):
 
     aid = LOGIN_AID
     min_aid_prefix = 5
-    secret_ins = frozenset({0x20})
+    secret_ins = frozenset({0x20, 0x60})
 
     def __init__(self) -> None:
         self.deselected = 0
@@ -56,6 +56,10 @@ class LoginApplet(Applet[LoginSession]):
     @command(0x40)
     def warn(self, apdu: CommandApdu, session: LoginSession) -> Response:
         return Response(b"\xaa" * 300, 0x6282)
+
+    @command(0x60)
+    def secret_blob(self, apdu: CommandApdu, session: LoginSession) -> bytes:
+        return b"\x5a" * 300
 
     @command(0x50)
     def boom(self, apdu: CommandApdu, session: LoginSession) -> bytes:
@@ -300,6 +304,26 @@ def test_trace_masks_secret_data(card: Card, caplog: pytest.LogCaptureFixture) -
     assert "00 20 00 00 <2 secret bytes>" not in text
     assert "<7 secret bytes>" in text  # Lc + 6 data bytes
     assert "00 30 00 00 00" in text
+
+
+def test_trace_masks_the_rest_of_a_secret_response(
+    card: Card, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(TRACE, logger="vsc.apdu"):
+        assert sw(card.transmit(h("0060000000"))) == 0x612C
+        assert card.transmit(h("00C0000000"))[-2:] == h("9000")
+    assert "5A 5A" not in caplog.text
+    assert "<44 secret bytes> 90 00" in caplog.text
+
+
+def test_trace_turned_on_mid_response_masks_the_rest(
+    card: Card, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert sw(card.transmit(h("0060000000"))) == 0x612C  # the trace is off here
+    with caplog.at_level(TRACE, logger="vsc.apdu"):
+        card.transmit(h("00C0000000"))
+    assert "5A 5A" not in caplog.text
+    assert "<44 secret bytes>" in caplog.text
 
 
 def test_trace_is_silent_when_off(card: Card, caplog: pytest.LogCaptureFixture) -> None:

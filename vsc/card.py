@@ -157,6 +157,7 @@ class Card:
         """Process one command APDU and return the response APDU. Never raises."""
         channel_no = 0
         secret = False
+        tracing = trace.logger.isEnabledFor(trace.TRACE)
         try:
             if not self._powered:
                 self.power_on()
@@ -169,7 +170,12 @@ class Card:
             if channel is None:
                 raise ApduError(SW.LOGICAL_CHANNEL_NOT_SUPPORTED, f"channel {channel_no} not open")
             applet = channel.applet
-            secret = applet is not None and applet.is_secret(cmd)
+            if cmd.ins == INS_GET_RESPONSE:
+                secret = channel.pending_secret  # the rest of the previous response
+            elif applet is not None:
+                # Only the trace needs to know. With it off, assume secret: a
+                # response cut now stays masked if the trace is on by GET RESPONSE.
+                secret = applet.is_secret(cmd) if tracing else True
             if cla.proprietary and (applet is None or not applet.accepts_proprietary_cla):
                 raise ApduError(SW.CLASS_NOT_SUPPORTED, f"proprietary CLA {cmd.cla:02X}")
             result = self._process(channel, cmd, cla.chaining, secret)
@@ -179,7 +185,7 @@ class Card:
             log.exception("unexpected error processing an APDU; answering 6F00")
             self._recover(channel_no)
             result = b"\x6f\x00"
-        if trace.logger.isEnabledFor(trace.TRACE):
+        if tracing:
             trace.trace_exchange(channel_no, bytes(apdu), result, secret)
         return result
 
