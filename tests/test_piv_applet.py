@@ -226,17 +226,21 @@ def test_unknown_instruction(piv: Piv) -> None:
 
 
 def test_trace_masks_pins_and_protected_management_key(caplog: pytest.LogCaptureFixture) -> None:
-    card = Card([PivApplet()])
+    applet = PivApplet()
+    applet.data.put_object(0x5FC109, bytes.fromhex("881A8918") + bytes(range(0x40, 0x58)))
+    card = Card([applet])
     card.transmit(bytes.fromhex("00A4040005A000000308"))
     with caplog.at_level(TRACE, logger="vsc.apdu"):
         card.transmit(bytes.fromhex("0020008008") + pin_block("123456"))
-        card.transmit(bytes.fromhex("00CB3FFF055C035FC10900"))
+        assert card.transmit(bytes.fromhex("00CB3FFF055C035FC10900"))[-2:] == b"\x90\x00"
         card.transmit(bytes.fromhex("00CB3FFF055C035FC10200"))
         card.transmit(bytes.fromhex("00FD000000"))
     text = caplog.text
     assert pin_block("123456").hex(" ").upper() not in text
     assert "00 20 00 80 <9 secret bytes>" in text
-    assert "00 CB 3F FF <7 secret bytes>" in text  # 5FC109
+    assert "00 CB 3F FF 05 5C 03 5F C1 09 00" in text  # the name of 5FC109 is no secret...
+    assert "< <30 secret bytes> 90 00" in text  # ... its value is
+    assert "40 41 42" not in text
     assert "00 CB 3F FF 05 5C 03 5F C1 02 00" in text  # CHUID stays readable
     assert "00 FD 00 00 00" in text
 

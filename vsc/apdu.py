@@ -32,6 +32,11 @@ EXTENDED_MAX_NE = 65536
 # CLA bits (ISO 7816-4 §5.4.1).
 CLA_CHAINING = 0x10
 
+# The commands the card itself handles (ISO 7816-4 §11.1.1, §11.1.2, §7.1.1).
+INS_SELECT = 0xA4
+INS_MANAGE_CHANNEL = 0x70
+INS_GET_RESPONSE = 0xC0
+
 
 @dataclass(frozen=True, slots=True)
 class ClassByte:
@@ -160,6 +165,17 @@ class CommandApdu(NamedTuple):
 
 
 _new = tuple.__new__
+
+
+def aid_matches(selected: bytes, aid: bytes, min_prefix: int = 0) -> bool:
+    """Whether SELECT by ``selected`` chooses the applet ``aid``.
+
+    The full AID always does; with ``min_prefix`` > 0, so does a shorter
+    prefix of it of at least that many bytes (PIV: the 5-byte RID).
+    """
+    if selected == aid:
+        return True
+    return 0 < min_prefix <= len(selected) < len(aid) and aid.startswith(selected)
 
 
 def response(data: bytes, sw: int) -> bytes:

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from .apdu import CommandApdu
+from .apdu import CommandApdu, aid_matches
+from .masking import TraceRules
 from .sw import SW, ApduError
 
 S = TypeVar("S")
@@ -65,8 +66,13 @@ class Applet(Generic[S]):
     #: 0 means the full AID only.
     min_aid_prefix: ClassVar[int] = 0
     #: INS bytes whose command and response data are secrets (PINs, keys):
-    #: the APDU trace masks them (see :meth:`is_secret`).
+    #: the APDU trace hides them, unless the class sets :attr:`trace_rules`.
     secret_ins: ClassVar[frozenset[int]] = frozenset()
+    #: What every trace (the card's, a relay's) hides of this applet's
+    #: commands and responses (:mod:`vsc.masking`). Defaults to the data of
+    #: :attr:`secret_ins`, both ways; an applet whose secrets depend on more
+    #: than the INS (an object tag, a key reference) sets its own.
+    trace_rules: ClassVar[TraceRules] = TraceRules()
     #: Whether CLA bytes 80-FE reach the handlers (else ``6E00``).
     accepts_proprietary_cla: ClassVar[bool] = False
 
@@ -80,20 +86,12 @@ class Applet(Generic[S]):
             for ins in getattr(value, _INS_ATTR, ()):
                 table[ins] = value
         cls.commands = table
+        if "secret_ins" in cls.__dict__ and "trace_rules" not in cls.__dict__:
+            cls.trace_rules = TraceRules.hiding(cls.secret_ins)
 
     def matches(self, aid: bytes) -> bool:
         """Whether SELECT with ``aid`` selects this applet."""
-        if aid == self.aid:
-            return True
-        return 0 < self.min_aid_prefix <= len(aid) < len(self.aid) and self.aid.startswith(aid)
-
-    def is_secret(self, apdu: CommandApdu) -> bool:
-        """Whether the trace must mask this command's data and its response.
-
-        Called for every chunk of a chained command; decide from the header
-        where possible. The default masks the INS bytes in :attr:`secret_ins`.
-        """
-        return apdu.ins in self.secret_ins
+        return aid_matches(aid, self.aid, self.min_aid_prefix)
 
     def new_session(self) -> S:
         """Fresh volatile state for one logical channel."""

@@ -22,6 +22,13 @@ least two bytes; nothing escapes it. Each APDU goes through these steps:
 Every channel (0 to ``max_channels - 1``) has its own selected applet and
 session object (the applet's volatile security state). Power off, power on
 and reset end every session and select the default applet on channel 0.
+
+The APDU trace (:mod:`vsc.trace`) hides secrets as :mod:`vsc.masking`
+decides from each applet's ``trace_rules``. Its masker follows the exchanges
+only while the trace is on (the hot path pays nothing otherwise); when the
+trace comes on, after a power event or after an internal error, it is set
+from the card's own state first: channels, applets, chains in progress, and
+response bytes pending (hidden, since what they were is no longer known).
 """
 
 from __future__ import annotations
@@ -31,8 +38,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import trace
-from .apdu import CommandApdu, decode_cla, response
+from .apdu import (
+    INS_GET_RESPONSE,
+    INS_MANAGE_CHANNEL,
+    INS_SELECT,
+    CommandApdu,
+    decode_cla,
+    response,
+)
 from .applet import Applet, Response
+from .masking import UNKNOWN, TraceMasker, TraceRules
 from .sw import SW, ApduError
 
 log = logging.getLogger(__name__)
@@ -41,9 +56,7 @@ log = logging.getLogger(__name__)
 #: treats the card as NFC), historical bytes that OpenSC types as a YubiKey.
 DEFAULT_ATR = bytes.fromhex("3B8D800180 73C021C0 57597562694B6579 F9".replace(" ", ""))
 
-INS_GET_RESPONSE = 0xC0
-INS_MANAGE_CHANNEL = 0x70
-INS_SELECT = 0xA4
+__all__ = ["DEFAULT_ATR", "INS_GET_RESPONSE", "INS_MANAGE_CHANNEL", "INS_SELECT", "Card"]
 
 _OK = b"\x90\x00"
 
@@ -56,7 +69,6 @@ class _Channel:
         "chain",
         "chain_key",
         "pending",
-        "pending_secret",
         "pending_sw",
         "session",
     )
@@ -66,7 +78,6 @@ class _Channel:
         self.session: Any = None
         self.pending = b""
         self.pending_sw: int = SW.OK
-        self.pending_secret = False
         self.chain: bytearray | None = None
         self.chain_key = (0, 0, 0, 0)
 
@@ -98,6 +109,8 @@ class Card:
         self._max_response = max_response
         self._channels: dict[int, _Channel] = {}
         self._powered = False
+        self._masker = TraceMasker(self._trace_rules_for)
+        self._masker_synced = False  # whether the masker saw every exchange since its sync
         for applet in applets:
             self.register(applet)
         if default is not None:
@@ -128,6 +141,7 @@ class Card:
         self._applets.append(applet)
         if default:
             self._default = applet
+        self._masker_synced = False
 
     # -- power ----------------------------------------------------------------
 
@@ -136,12 +150,14 @@ class Card:
         self._end_sessions()
         self._powered = True
         self._channels = {0: self._new_channel(self._default)}
+        self._masker_synced = False
         return self._atr
 
     def power_off(self) -> None:
         self._end_sessions()
         self._channels = {}
         self._powered = False
+        self._masker_synced = False
 
     def reset(self) -> bytes:
         """Warm reset: the same effect on card state as a cold one."""
@@ -156,11 +172,12 @@ class Card:
     def transmit(self, apdu: bytes) -> bytes:
         """Process one command APDU and return the response APDU. Never raises."""
         channel_no = 0
-        secret = False
         tracing = trace.logger.isEnabledFor(trace.TRACE)
         try:
             if not self._powered:
                 self.power_on()
+            if tracing and not self._masker_synced:
+                self._sync_masker()
             cmd = CommandApdu.parse(apdu)
             cla = decode_cla(cmd.cla)
             channel_no = cla.channel
@@ -170,15 +187,9 @@ class Card:
             if channel is None:
                 raise ApduError(SW.LOGICAL_CHANNEL_NOT_SUPPORTED, f"channel {channel_no} not open")
             applet = channel.applet
-            if cmd.ins == INS_GET_RESPONSE:
-                secret = channel.pending_secret  # the rest of the previous response
-            elif applet is not None:
-                # Only the trace needs to know. With it off, assume secret: a
-                # response cut now stays masked if the trace is on by GET RESPONSE.
-                secret = applet.is_secret(cmd) if tracing else True
             if cla.proprietary and (applet is None or not applet.accepts_proprietary_cla):
                 raise ApduError(SW.CLASS_NOT_SUPPORTED, f"proprietary CLA {cmd.cla:02X}")
-            result = self._process(channel, cmd, cla.chaining, secret)
+            result = self._process(channel, cmd, cla.chaining)
         except ApduError as e:
             result = e.sw.to_bytes(2, "big")
         except Exception:
@@ -186,23 +197,48 @@ class Card:
             self._recover(channel_no)
             result = b"\x6f\x00"
         if tracing:
-            trace.trace_exchange(channel_no, bytes(apdu), result, secret)
+            apdu = bytes(apdu)
+            trace.trace_exchange(channel_no, apdu, result, self._masker.exchange(apdu, result))
+        else:
+            self._masker_synced = False
         return result
 
     def _recover(self, channel_no: int) -> None:
+        self._masker_synced = False
         channel = self._channels.get(channel_no)
         if channel is not None:
             channel.chain = None
             channel.pending = b""
 
-    def _process(self, channel: _Channel, cmd: CommandApdu, chaining: bool, secret: bool) -> bytes:
+    # -- the trace's masker ------------------------------------------------------------
+
+    def _trace_rules_for(self, aid: bytes) -> TraceRules | None:
+        applet = self._find(aid)
+        return None if applet is None else applet.trace_rules
+
+    def _sync_masker(self) -> None:
+        """Tell the masker what the card knows (see the module docstring)."""
+        default = self._default
+        self._masker.forget(UNKNOWN if default is None else default.trace_rules)
+        for number, channel in self._channels.items():
+            applet = channel.applet
+            chain = channel.chain
+            self._masker.open(
+                number,
+                UNKNOWN if applet is None else applet.trace_rules,
+                chain=None if chain is None else (channel.chain_key, bytes(chain)),
+                pending=bool(channel.pending),
+            )
+        self._masker_synced = True
+
+    def _process(self, channel: _Channel, cmd: CommandApdu, chaining: bool) -> bytes:
         ins = cmd.ins
         if channel.chain is not None:
             key = (cmd.cla & 0xEF, ins, cmd.p1, cmd.p2)
             if key != channel.chain_key:
                 channel.chain = None  # a different command aborts the chain
             else:
-                return self._continue_chain(channel, cmd, chaining, secret)
+                return self._continue_chain(channel, cmd, chaining)
         if chaining:
             if ins == INS_GET_RESPONSE:
                 raise ApduError(SW.CHAINING_NOT_SUPPORTED, "GET RESPONSE cannot be chained")
@@ -213,11 +249,9 @@ class Card:
         if ins == INS_GET_RESPONSE:
             return self._get_response(channel, cmd)
         channel.pending = b""
-        return self._dispatch(channel, cmd, secret)
+        return self._dispatch(channel, cmd)
 
-    def _continue_chain(
-        self, channel: _Channel, cmd: CommandApdu, chaining: bool, secret: bool
-    ) -> bytes:
+    def _continue_chain(self, channel: _Channel, cmd: CommandApdu, chaining: bool) -> bytes:
         chain = channel.chain
         assert chain is not None
         if len(chain) + len(cmd.data) > self._max_command:
@@ -230,9 +264,9 @@ class Card:
         whole = CommandApdu(
             cmd.cla & 0xEF, cmd.ins, cmd.p1, cmd.p2, bytes(chain), cmd.le, cmd.extended
         )
-        return self._dispatch(channel, whole, secret)
+        return self._dispatch(channel, whole)
 
-    def _dispatch(self, channel: _Channel, cmd: CommandApdu, secret: bool) -> bytes:
+    def _dispatch(self, channel: _Channel, cmd: CommandApdu) -> bytes:
         if cmd.ins == INS_SELECT and cmd.p1 == 0x04:
             data = self._select(channel, cmd)
             sw: int = SW.OK
@@ -248,15 +282,14 @@ class Card:
                 data, sw = result.data, result.sw
             else:
                 data, sw = result, SW.OK
-        return self._size(channel, data, sw, cmd.ne, secret)
+        return self._size(channel, data, sw, cmd.ne)
 
-    def _size(self, channel: _Channel, data: bytes, sw: int, ne: int, secret: bool) -> bytes:
+    def _size(self, channel: _Channel, data: bytes, sw: int, ne: int) -> bytes:
         ne = min(ne, self._max_response)
         if len(data) <= ne:
             return data + _OK if sw == SW.OK else response(data, sw)
         channel.pending = data[ne:]
         channel.pending_sw = sw
-        channel.pending_secret = secret
         left = len(channel.pending)
         return response(data[:ne], 0x6100 | (left if left < 256 else 0))
 
@@ -267,7 +300,7 @@ class Card:
         if not pending:
             raise ApduError(SW.CONDITIONS_NOT_SATISFIED, "no response data pending")
         channel.pending = b""
-        return self._size(channel, pending, channel.pending_sw, cmd.ne, channel.pending_secret)
+        return self._size(channel, pending, channel.pending_sw, cmd.ne)
 
     # -- SELECT and MANAGE CHANNEL ----------------------------------------------------
 

@@ -92,6 +92,42 @@ def _read_length(data: bytes, offset: int) -> tuple[int, int]:
     return int.from_bytes(data[offset : offset + n], "big"), offset + n
 
 
+def peek_header(data: bytes) -> tuple[int, int, int] | None:
+    """The first TLV's tag, length and value offset; None while ``data`` ends inside the header.
+
+    For deciding what a command is about from its first bytes, before the rest
+    has arrived (the chunks of a chained command come one by one). ``6A80``
+    if the header is malformed.
+    """
+    end = len(data)
+    if end == 0:
+        return None
+    tag = data[0]
+    offset = 1
+    if tag & 0x1F == 0x1F:
+        while True:
+            if offset >= end:
+                return None
+            b = data[offset]
+            tag = (tag << 8) | b
+            offset += 1
+            if not b & 0x80:
+                break
+            if tag > 0xFFFFFFFF:  # the same limit as parse_tlvs
+                raise InvalidData("TLV tag longer than 4 bytes")
+    if offset >= end:
+        return None
+    first = data[offset]
+    if first < 0x80:
+        return tag, first, offset + 1
+    n = first & 0x7F
+    if n == 0 or n > 4:
+        raise InvalidData(f"unsupported TLV length form {first:02X}")
+    if offset + 1 + n > end:
+        return None
+    return tag, int.from_bytes(data[offset + 1 : offset + 1 + n], "big"), offset + 1 + n
+
+
 def parse_tlvs(data: bytes) -> list[Tlv]:
     """The TLVs of ``data`` in order; ``6A80`` if anything is malformed."""
     out: list[Tlv] = []

@@ -2,13 +2,16 @@
 
 Logger ``vsc.apdu``, level :data:`TRACE` (5, below DEBUG). Formatting is
 lazy: the card checks ``isEnabledFor`` once per APDU, and the hex dump is
-only built when a handler actually emits the record. Data of the INS bytes an
-applet declares secret (PINs, PUKs, keys) is replaced by its length.
+only built when a handler actually emits the record. What is secret (PINs,
+keys, protected objects; :mod:`vsc.masking` decides) is replaced by its
+length: a command keeps its 4-byte header, a response its status word.
 """
 
 from __future__ import annotations
 
 import logging
+
+from .masking import Mask
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -32,14 +35,25 @@ class Apdu:
         if not self.secret or len(data) <= self.head + self.tail:
             return data.hex(" ").upper()
         body = len(data) - self.head - self.tail
-        parts = [data[: self.head].hex(" ").upper(), f"<{body} secret bytes>"]
+        parts = [f"<{body} secret bytes>"]
+        if self.head:
+            parts.insert(0, data[: self.head].hex(" ").upper())
         if self.tail:
             parts.append(data[-self.tail :].hex(" ").upper())
         return " ".join(parts)
 
 
-def trace_exchange(channel: int, command: bytes, resp: bytes, secret: bool) -> None:
+def command_text(command: bytes, mask: Mask) -> Apdu:
+    """A command for a log record, its data hidden if ``mask`` says so."""
+    return Apdu(command, head=4, tail=0, secret=Mask.COMMAND in mask)
+
+
+def response_text(response: bytes, mask: Mask) -> Apdu:
+    """A response for a log record, its data hidden if ``mask`` says so."""
+    return Apdu(response, head=0, tail=2, secret=Mask.RESPONSE in mask)
+
+
+def trace_exchange(channel: int, command: bytes, resp: bytes, mask: Mask) -> None:
     """Log one exchange. Call only when ``logger.isEnabledFor(TRACE)``."""
-    # Commands keep their 4-byte header; responses keep their status word.
-    logger.log(TRACE, "[%d] > %s", channel, Apdu(command, head=4, tail=0, secret=secret))
-    logger.log(TRACE, "[%d] < %s", channel, Apdu(resp, head=0, tail=2, secret=secret))
+    logger.log(TRACE, "[%d] > %s", channel, command_text(command, mask))
+    logger.log(TRACE, "[%d] < %s", channel, response_text(resp, mask))

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 
 from vsc.apdu import CommandApdu
 from vsc.applet import Applet, Response, command
+from vsc.masking import Mask, TraceRules
 from vsc.sw import (
     SW,
     ApduError,
@@ -46,7 +47,7 @@ from vsc.sw import (
     SecurityStatusNotSatisfied,
     WrongLength,
 )
-from vsc.tlv import encode_tlv, parse_tlv, parse_tlvs
+from vsc.tlv import encode_tlv, parse_tlv, parse_tlvs, peek_header
 
 from .keys import (
     ATTESTATION_SLOT,
@@ -229,8 +230,59 @@ def _dyn_auth(tag: int, value: bytes) -> bytes:
     return encode_tlv(TAG_DYN_AUTH, encode_tlv(tag, value))
 
 
-# "5C 03 5F C1 09": the object ID of the PIN-protected management key data.
-_PROTECTED_MGMT_TAG = bytes.fromhex("5C035FC109")
+def _names_pin_protected(data: bytes) -> bool | None:
+    """Whether GET/PUT DATA's leading ``5C`` names an object the PIN guards (5FC109 holds
+    a management key); None while the name is incomplete. Parsed as the handlers parse it."""
+    try:
+        header = peek_header(data)
+    except InvalidData:
+        return False  # refused (6A80): nothing is stored or read
+    if header is None:
+        return None
+    tag, length, offset = header
+    if tag != TAG_OBJECT_ID or not 1 <= length <= 3:
+        return False  # the BIT GROUP template, or refused
+    if offset + length > len(data):
+        return None
+    return int.from_bytes(data[offset : offset + length], "big") in PIN_PROTECTED
+
+
+def _get_data_mask(p1: int, p2: int, data: bytes) -> Mask | None:
+    protected = _names_pin_protected(data)
+    return None if protected is None else Mask.RESPONSE if protected else Mask.NONE
+
+
+def _put_data_mask(p1: int, p2: int, data: bytes) -> Mask | None:
+    protected = _names_pin_protected(data)
+    return None if protected is None else Mask.COMMAND if protected else Mask.NONE
+
+
+#: What traces hide (vsc.masking): PINs and PUKs, key material in, GA both ways
+#: (9B witnesses and challenges, decrypted plaintext, ECDH secrets), the objects the
+#: PIN guards (5FC109 holds the PIN-protected management key); an INS not listed
+#: is hidden both ways.
+PIV_TRACE_RULES = TraceRules(
+    {
+        INS_VERIFY: Mask.COMMAND,
+        INS_CHANGE_REFERENCE: Mask.COMMAND,
+        INS_RESET_RETRY: Mask.COMMAND,
+        INS_AUTHENTICATE: Mask.BOTH,
+        INS_IMPORT_KEY: Mask.COMMAND,
+        INS_SET_MANAGEMENT_KEY: Mask.COMMAND,
+        INS_GET_DATA: _get_data_mask,
+        INS_PUT_DATA: _put_data_mask,
+        INS_GENERATE: Mask.NONE,  # the response is the public key
+        INS_MOVE_KEY: Mask.NONE,
+        INS_GET_METADATA: Mask.NONE,  # says whether a PIN is the default, not what it is
+        INS_GET_SERIAL: Mask.NONE,
+        INS_ATTEST: Mask.NONE,
+        INS_SET_PIN_RETRIES: Mask.NONE,
+        INS_RESET: Mask.NONE,
+        INS_GET_VERSION: Mask.NONE,
+        INS_LOCK: Mask.NONE,
+    },
+    default=Mask.BOTH,
+)
 
 
 class PivApplet(Applet[SecurityState]):
@@ -238,24 +290,7 @@ class PivApplet(Applet[SecurityState]):
 
     aid = PIV_AID
     min_aid_prefix = 5
-    # Masked in the APDU trace: PINs/PUKs (20 24 2C), key material (FE FF),
-    # GA (9B challenges, decrypted plaintext, ECDH secrets); GET/PUT DATA only
-    # for 5FC109, which holds the PIN-protected management key.
-    secret_ins = frozenset(
-        {
-            INS_VERIFY,
-            INS_CHANGE_REFERENCE,
-            INS_RESET_RETRY,
-            INS_AUTHENTICATE,
-            INS_IMPORT_KEY,
-            INS_SET_MANAGEMENT_KEY,
-        }
-    )
-
-    def is_secret(self, apdu: CommandApdu) -> bool:
-        if apdu.ins in (INS_GET_DATA, INS_PUT_DATA):
-            return _PROTECTED_MGMT_TAG in apdu.data[:5]
-        return apdu.ins in self.secret_ins
+    trace_rules = PIV_TRACE_RULES
 
     def __init__(
         self,

@@ -411,6 +411,7 @@ class Endpoint:
                 answer = _SW_UNKNOWN  # vpcd must get an answer, never an empty one
             case VpcdPowerOn() | VpcdReset(), Atr(atr):
                 self.atr = atr
+                self.trace.restart()
         if answer is not None and same_vpcd:
             self._send_vpcd(answer)  # first: vpcd is blocked until it has its answer
         if isinstance(reply, Error):

@@ -782,6 +782,7 @@ class _Connection:
                     return self._transmit(card, apdu)
                 case PowerOn():
                     self._end_transaction()
+                    self.trace.restart()
                     if not self.fresh:
                         cold = lease.mode is ShareMode.EXCLUSIVE
                         card.reconnect(Disposition.UNPOWER_CARD if cold else Disposition.RESET_CARD)
@@ -792,6 +793,7 @@ class _Connection:
                     return Ok()
                 case Reset():
                     self._end_transaction()
+                    self.trace.restart()
                     if not self.fresh:
                         card.reconnect(Disposition.RESET_CARD)
                         self.fresh = True
@@ -801,6 +803,7 @@ class _Connection:
             self.retry_at = time.monotonic() + _RETRY_CARD
             return Error(ErrorCode.NO_CARD, f"the card left {lease.reader}")
         except CardWasReset:
+            self.trace.restart()
             # Another application reset the shared card: our state on it is gone. Take the
             # reset, and let the endpoint show the remote side a card removal.
             self.in_transaction = False
