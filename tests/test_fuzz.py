@@ -7,7 +7,11 @@ them pass would make the 0-violation campaigns meaningless.
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +31,19 @@ from vsc.fuzz import (
     Fuzzer,
     Harness,
     Run,
+    Summary,
     Violation,
     check_response,
+    libfuzzer,
     load_seeds,
     main,
     piv_card,
     replay,
     save_crash,
 )
-from vsc.fuzz_corpus import (
+from vsc.fuzz.corpus import load_corpus, parse_transcript
+from vsc.fuzz.coverage import LineCoverage
+from vsc.fuzz.inputs import (
     MAX_STEPS,
     FuzzInput,
     Step,
@@ -43,12 +51,10 @@ from vsc.fuzz_corpus import (
     decode_input,
     encode_input,
     format_input,
-    load_corpus,
     parse_input,
-    parse_transcript,
-    seed_inputs,
 )
-from vsc.fuzz_mutate import Mutator
+from vsc.fuzz.mutate import Mutator
+from vsc.fuzz.seeds import seed_inputs
 
 CORPUS, TRANSCRIPTS = DEFAULT_CORPUS
 
@@ -478,3 +484,63 @@ def test_main_writes_the_seed_corpus(tmp_path: Path, capsys: pytest.CaptureFixtu
     written = sorted(tmp_path.glob("*.fuzz"))
     assert {p.stem for p in written} == {p.stem for p in CORPUS.glob("*.fuzz")}
     assert all(parse_input(p.read_text()) for p in written)
+
+
+def test_main_shows_progress_with_rates_violations_and_coverage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--seconds", "1.6", "--progress", "0.5", "--coverage-every", "4"]
+    code = main([*argv, "--seed", "2", "--crash-dir", str(tmp_path)])
+    err, out = capsys.readouterr()[::-1]
+    assert code == 0
+    progress = [line for line in err.splitlines() if line.startswith("[seed 2] 0:00:0")]
+    assert len(progress) >= 2, err
+    assert re.search(r"inputs=[\d,]+ [\d,]+/s \(now [\d,]+/s\) apdus/s=[\d,]+ violations=0 ", err)
+    match = re.search(r"coverage=(\d+)/(\d+)\(", progress[-1])
+    assert match is not None and 0 < int(match.group(1)) < int(match.group(2))
+    assert re.search(r"features=\d+ lines=\d+/\d+\([\d.]+%\) seconds=", out)
+
+
+def test_line_coverage_counts_the_card_only() -> None:
+    coverage = LineCoverage()
+    assert any(path.endswith("vsc/card.py") for path in coverage.sources)
+    assert not any("/fuzz/" in path or "/share/" in path for path in coverage.sources)
+    assert coverage.covered == 0 < coverage.total
+    outcome = coverage.measure(lambda: Harness().run((h("00A4040005A000000308"),)))
+    assert outcome.violation is None
+    assert 0 < coverage.covered < coverage.total
+    assert any(path.endswith("applets/piv/applet.py") for path, _ in coverage.seen)
+
+
+def test_the_libfuzzer_target_saves_a_violation_and_raises(tmp_path: Path) -> None:
+    summary = Summary(engine="atheris")
+    target = libfuzzer.test_one_input(
+        Harness(factory(BadSwPiv)), crash_dir=tmp_path, summary=summary
+    )
+    target(encode_input((h("00A4040005A000000308"), h("00FD000000"))))
+    assert summary.inputs == 1 and summary.violations == 0
+    with pytest.raises(RuntimeError, match="6000"):
+        target(encode_input((h("00FD0102"),)))
+    (crash,) = tmp_path.glob("violation-law-*.fuzz")
+    assert replay(crash, Harness(factory(BadSwPiv)))[0].violation is not None
+
+
+def test_the_atheris_engine_runs_seeded_from_the_corpus(tmp_path: Path) -> None:
+    if not libfuzzer.available():
+        message = "atheris is not installed (pip install 'vsc[fuzz]')"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(message)
+        pytest.skip(message)
+    corpus = tmp_path / "corpus"
+    argv = [sys.executable, "-m", "vsc.fuzz", "--engine", "atheris", "--iterations", "400"]
+    argv += ["--seed", "3", "--crash-dir", str(tmp_path / "crashes")]
+    argv += ["--atheris-corpus", str(corpus), "--progress", "0"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fuzz: engine=atheris seed=3 inputs=400 " in result.stdout
+    assert "violations=0 (none)" in result.stdout
+    # Its working corpus started from our seeds (binary form) and grew.
+    seeds = {encode_input(s) for s in load_seeds(DEFAULT_CORPUS)}
+    files = {p.read_bytes() for p in corpus.iterdir()}
+    assert seeds <= files and len(files) > len(seeds)
+    assert re.search(r"instrumented \d+ functions", result.stderr)

@@ -21,8 +21,6 @@ ADAPTERS = {
     "testing",
     "demo",
     "fuzz",
-    "fuzz_corpus",
-    "fuzz_mutate",
     "lifecycle",
     "cli",
     "pcsc",

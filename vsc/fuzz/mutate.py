@@ -16,8 +16,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from .apdu import CommandApdu
-from .fuzz_corpus import DEFAULT_MANAGEMENT_KEY, DEFAULT_PIN, MAX_STEPS, FuzzInput, Step, StepKind
+from ..apdu import CommandApdu
+from .inputs import DEFAULT_MANAGEMENT_KEY, DEFAULT_PIN, MAX_STEPS, FuzzInput, Step, StepKind
 
 # -- tables ----------------------------------------------------------------------------------
 

@@ -1,310 +1,35 @@
-"""Fuzz inputs: what one input is, its text and binary forms, and the seed corpus.
+"""The seed corpus: realistic client sequences against a factory-fresh card.
 
-Theory of operation
--------------------
-A fuzz input is a short sequence of :class:`Step` s played against a fresh
-card: raw command APDUs, power events, and one macro, ``authenticate``, that
-performs a management-key mutual authentication with a known key. The macro
-exists because a recorded authentication cannot be replayed (the card's
-witness is random), and without it a fuzzer would never get past the ``6982``
-of PUT DATA, GENERATE, IMPORT and the other privileged commands.
-
-Inputs have two forms:
-
-* **text** (seed files, crash files, ``--replay``): one step per line, a hex
-  APDU or a keyword (``reset``, ``power-off``, ``power-on``,
-  ``authenticate [CLA ALG KEY...]``), ``#`` comments, and an optional ``=XXXX``
-  at the end of a line: the status word a factory-fresh card answers (seed
-  files are checked against it; the fuzzer ignores it).
-* **binary** (atheris/libFuzzer): ``kind len_hi len_lo payload`` per step.
-  :func:`decode_input` accepts *any* bytes, so raw libFuzzer mutations are
-  inputs too.
-
-:func:`load_corpus` reads seed files and, leniently, recorded client
-transcripts (``> 00 A4 ...`` lines as the APDU trace writes them, or JSON
-with ``command``/``apdu`` fields); masked secrets (``<8 secret bytes>``) are
-replaced by the factory PIN/PUK so VERIFY-like commands stay meaningful.
+:func:`seed_inputs` is what ykman, yubico-piv-tool and OpenSC send, by
+name, with the status word a fresh card answers; ``python -m vsc.fuzz
+--write-seeds fixtures/corpus`` writes them as the checked-in seed files.
+:func:`minimal_seeds` is the fallback without a corpus directory.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 
-from .apdu import CommandApdu
-from .tlv import encode_tlv
-
-#: Inputs longer than this are cut: it bounds the time one input can take.
-MAX_STEPS = 64
-
-PIV_AID = bytes.fromhex("A000000308000010000100")
-ECHO_AID = bytes.fromhex("F07673630001")
-DEFAULT_PIN = b"123456\xff\xff"
-DEFAULT_PUK = b"12345678"
-DEFAULT_MANAGEMENT_KEY = bytes(range(1, 9)) * 3
-#: Management-key algorithm (GA P1) → key length.
-MANAGEMENT_KEY_LENGTHS = {0x03: 24, 0x08: 16, 0x0A: 24, 0x0C: 32}
-
-CORPUS_SUFFIX = ".fuzz"
-
-
-class StepKind(IntEnum):
-    """What a step does; the value is its byte in the binary form."""
-
-    APDU = 0
-    RESET = 1
-    POWER_OFF = 2
-    POWER_ON = 3
-    AUTHENTICATE = 4
-
-
-_KEYWORDS = {
-    StepKind.RESET: "reset",
-    StepKind.POWER_OFF: "power-off",
-    StepKind.POWER_ON: "power-on",
-    StepKind.AUTHENTICATE: "authenticate",
-}
-_BY_KEYWORD = {word: kind for kind, word in _KEYWORDS.items()}
-_CARRIES_DATA = frozenset({StepKind.APDU, StepKind.AUTHENTICATE})
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One step of an input.
-
-    For APDU steps ``data`` is the command; for AUTHENTICATE it is
-    ``CLA ALG KEY...`` (all optional: CLA 00, 3DES, the factory key).
-    ``expect`` is the documented status word of a seed, never used to judge.
-    """
-
-    kind: StepKind
-    data: bytes = b""
-    expect: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.data and self.kind not in _CARRIES_DATA:
-            raise ValueError(f"a {self.kind.name} step carries no data")
-
-
-FuzzInput = tuple[Step, ...]
-
-
-def apdu(cla: int, ins: int, p1: int, p2: int, data: bytes = b"", le: int | None = None) -> Step:
-    """An APDU step built from fields (short form unless the sizes need extended)."""
-    return Step(StepKind.APDU, CommandApdu(cla, ins, p1, p2, data, le).encode())
-
-
-def raw(hexstr: str, expect: int | None = None) -> Step:
-    return Step(StepKind.APDU, bytes.fromhex(hexstr), expect)
-
-
-def authenticate(cla: int = 0, alg: int = 0x03, key: bytes = DEFAULT_MANAGEMENT_KEY) -> Step:
-    return Step(StepKind.AUTHENTICATE, bytes((cla, alg)) + key)
-
-
-def split_authenticate(data: bytes) -> tuple[int, int, bytes]:
-    """The macro's (CLA, algorithm, key), defaults filled in; the key is cut or
-    padded to the algorithm's length so the macro always runs."""
-    cla = data[0] if data else 0
-    alg = data[1] if len(data) > 1 else 0x03
-    key = data[2:] if len(data) > 2 else DEFAULT_MANAGEMENT_KEY
-    size = MANAGEMENT_KEY_LENGTHS.get(alg, 24)
-    return cla, alg, (key + DEFAULT_MANAGEMENT_KEY * 2)[:size]
-
-
-# -- text form ----------------------------------------------------------------------------
-
-_EXPECT = re.compile(r"\s=([0-9A-Fa-f]{4})\s*$")
-
-
-def format_input(steps: Iterable[Step], comment: str = "") -> str:
-    lines = [f"# {line}".rstrip() for line in comment.splitlines()]
-    for step in steps:
-        if step.kind is StepKind.APDU:
-            text = step.data.hex(" ").upper() if step.data else "<empty>"
-        else:
-            text = " ".join((_KEYWORDS[step.kind], step.data.hex().upper())).rstrip()
-        if step.expect is not None:
-            text = f"{text:<40} ={step.expect:04X}"
-        lines.append(text)
-    return "\n".join(lines) + "\n"
-
-
-def parse_input(text: str) -> FuzzInput:
-    """Parse the text form; ``ValueError`` names the bad line."""
-    steps: list[Step] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].rstrip()
-        expect = None
-        if m := _EXPECT.search(" " + line):
-            expect = int(m.group(1), 16)
-            line = line[: m.start()].rstrip()
-        if not line.strip():
-            continue
-        word, _, rest = line.strip().partition(" ")
-        try:
-            if word.lower() in _BY_KEYWORD:
-                kind = _BY_KEYWORD[word.lower()]
-                steps.append(Step(kind, bytes.fromhex(rest), expect))
-            elif line.strip() == "<empty>":
-                steps.append(Step(StepKind.APDU, b"", expect))
-            else:
-                steps.append(Step(StepKind.APDU, bytes.fromhex(line), expect))
-        except ValueError as e:
-            raise ValueError(f"line {number}: {e}") from None
-    return tuple(steps)
-
-
-# -- binary form (atheris) ------------------------------------------------------------------
-
-
-def encode_input(steps: Iterable[Step]) -> bytes:
-    out = bytearray()
-    for step in steps:
-        out.append(step.kind)
-        if step.kind in _CARRIES_DATA:
-            out += len(step.data).to_bytes(2, "big") + step.data
-    return bytes(out)
-
-
-def decode_input(data: bytes) -> FuzzInput:
-    """Any bytes → an input (kinds taken modulo, lengths cut at the end)."""
-    steps: list[Step] = []
-    pos, n = 0, len(data)
-    while pos < n and len(steps) < MAX_STEPS:
-        kind = StepKind(data[pos] % len(StepKind))
-        pos += 1
-        payload = b""
-        if kind in _CARRIES_DATA:
-            length = int.from_bytes(data[pos : pos + 2], "big")
-            payload = data[pos + 2 : pos + 2 + length]
-            pos += 2 + length
-        steps.append(Step(kind, payload))
-    return tuple(steps)
-
-
-# -- corpus files and transcripts -------------------------------------------------------------
-
-_COMMAND_LINE = re.compile(
-    r"^\s*(?:\[\d+\]\s*)?(?:>>?|->|=>|C:|command:?|cmd:?|send:?)\s*"
-    r"(?P<hex>[0-9A-Fa-f][0-9A-Fa-f <>a-z]*)$",
-    re.IGNORECASE,
+from ..apdu import CommandApdu
+from ..tlv import encode_tlv
+from .inputs import (
+    CORPUS_SUFFIX,
+    DEFAULT_MANAGEMENT_KEY,
+    DEFAULT_PIN,
+    DEFAULT_PUK,
+    FuzzInput,
+    Step,
+    StepKind,
+    apdu,
+    authenticate,
+    format_input,
+    raw,
 )
-_SECRET = re.compile(r"<(\d+) secret bytes>")
-_POWER_WORDS = (
-    ("power-off", StepKind.POWER_OFF),
-    ("power off", StepKind.POWER_OFF),
-    ("power-on", StepKind.POWER_ON),
-    ("power on", StepKind.POWER_ON),
-    ("reset", StepKind.RESET),
-)
-_JSON_COMMAND_KEYS = ("command", "apdu", "capdu", "cmd", "c", "request")
 
-
-def _unmask(header: bytes, length: int) -> bytes:
-    """Stand-in for data the trace masked: the factory secrets where they fit."""
-    ins = header[1] if len(header) > 1 else 0
-    if ins == 0x20 and length == 9:  # Lc + PIN
-        return b"\x08" + DEFAULT_PIN
-    if ins in (0x24, 0x2C) and length == 17:
-        first = DEFAULT_PUK if header[3:4] == b"\x81" or ins == 0x2C else DEFAULT_PIN
-        return b"\x10" + first + DEFAULT_PIN
-    return bytes((min(length - 1, 255),)) + bytes(length - 1) if length else b""
-
-
-def _command_from_trace(text: str) -> bytes | None:
-    secret = _SECRET.search(text)
-    hexpart = _SECRET.sub(" ", text)
-    try:
-        data = bytes.fromhex(hexpart.replace(" ", ""))
-    except ValueError:
-        return None
-    if secret is not None:
-        data += _unmask(data, int(secret.group(1)))
-    return data
-
-
-def parse_transcript(text: str) -> FuzzInput:
-    """Commands and power events from a recorded transcript (format-lenient)."""
-    steps: list[Step] = []
-    for line in text.splitlines():
-        if m := _COMMAND_LINE.match(line):
-            data = _command_from_trace(m.group("hex"))
-            if data is not None and len(data) >= 4:
-                steps.append(Step(StepKind.APDU, data))
-            continue
-        lowered = line.strip().lower().lstrip("#!*- ")
-        for word, kind in _POWER_WORDS:
-            if lowered.startswith(word) and len(lowered) < 40:
-                steps.append(Step(kind))
-                break
-    return tuple(steps)
-
-
-def _json_commands(node: Any) -> Iterator[Step]:
-    if isinstance(node, dict):
-        for key in _JSON_COMMAND_KEYS:
-            value = node.get(key)
-            if isinstance(value, str):
-                data = _command_from_trace(value)
-                if data is not None and len(data) >= 4:
-                    yield Step(StepKind.APDU, data)
-                return
-        event = node.get("event") or node.get("type")
-        if isinstance(event, str) and event.lower().replace("_", "-") in _BY_KEYWORD:
-            yield Step(_BY_KEYWORD[event.lower().replace("_", "-")])
-            return
-        for value in node.values():
-            yield from _json_commands(value)
-    elif isinstance(node, list):
-        for item in node:
-            if isinstance(item, str):  # "> 00 A4 ...", "< 90 00", "power on" (vsc-transcript/1)
-                yield from parse_transcript(item)
-            else:
-                yield from _json_commands(item)
-
-
-def _chunks(steps: FuzzInput) -> Iterator[FuzzInput]:
-    """Long transcripts become several inputs of at most MAX_STEPS steps."""
-    for start in range(0, len(steps), MAX_STEPS):
-        yield steps[start : start + MAX_STEPS]
-
-
-def load_file(path: Path) -> list[FuzzInput]:
-    """The inputs in one corpus file: our text form, a transcript, or JSON."""
-    text = path.read_text(errors="replace")
-    if path.suffix == CORPUS_SUFFIX:
-        return list(_chunks(parse_input(text)))
-    if path.suffix == ".json":
-        try:
-            steps = tuple(_json_commands(json.loads(text)))
-        except ValueError:
-            steps = ()
-    else:
-        steps = parse_transcript(text)
-    return [chunk for chunk in _chunks(steps) if chunk]
-
-
-def load_corpus(paths: Iterable[Path]) -> list[FuzzInput]:
-    """Every input in the given files and directories (recursively, sorted)."""
-    inputs: list[FuzzInput] = []
-    for path in paths:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            if file.suffix in (CORPUS_SUFFIX, ".json", ".txt", ".log", ".trace", ".apdu"):
-                inputs.extend(load_file(file))
-    return inputs
-
-
-# -- the seed corpus ------------------------------------------------------------------------
+__all__ = ["minimal_seeds", "seed_inputs", "write_seeds"]
 
 _SELECT_PIV = raw("00 A4 04 00 0B A0 00 00 03 08 00 00 10 00 01 00", 0x9000)
 _VERIFY = Step(StepKind.APDU, bytes.fromhex("0020008008") + DEFAULT_PIN, 0x9000)
