@@ -12,33 +12,24 @@ CI cannot pass by skipping them.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import Protocol
 
 import pytest
 
 from vsc.testing import EmulatorProcess, HarnessError, HarnessTimeout, PcscdEnv, skip_reason
 from vsc.testing.emulator_proc import EMULATOR_MODULE
+from vsc.testing.plugin import running_in_ci, unavailable
+
+__all__ = ["CARD_TIMEOUT", "StartEmulator", "running_in_ci", "unavailable"]
 
 #: Seconds to wait for pcscd to notice a card coming or going (it polls every ~400 ms).
 CARD_TIMEOUT = 10.0
 
 _E2E_DIR = Path(__file__).parent
 _LOG_SOURCES = pytest.StashKey[list[PcscdEnv | EmulatorProcess]]()
-
-
-def running_in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip for a missing prerequisite; fail instead under CI, which must run these tests."""
-    if running_in_ci():
-        pytest.fail(f"end-to-end prerequisite missing (CI is set): {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

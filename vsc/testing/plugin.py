@@ -1,0 +1,280 @@
+"""vsc's pytest plugin: virtual cards as fixtures (installed with vsc, entry point ``pytest11``).
+
+Fixtures (all function-scoped, so every test starts from a factory card):
+
+* ``vsc_card`` -- a :class:`vsc.Card` in this process: a factory PIV card
+  (with the echo applet), in memory by default. Choose what card with the
+  ``vsc_card`` marker or indirect parametrization (a :class:`CardSpec`, a
+  dict of its fields, or a backend name)::
+
+      @pytest.mark.vsc_card(backend="tpm")            # stored, sealed by a private swtpm
+      def test_x(vsc_card): ...
+
+      @pytest.mark.parametrize("vsc_card", ["memory", "software", "tpm"], indirect=True)
+      def test_y(vsc_card): ...
+
+* ``vsc_connection`` -- the card behind yubikit's ``SmartCardConnection``:
+  ``PivSession(vsc_connection)`` works with no pcscd at all;
+* ``vsc_reader`` -- the card in a private pcscd's reader through vpcd
+  (:class:`VscReader`: ``name``, ``env`` for a subprocess client, ``run``);
+  pcscd runs in its own mount namespace on random ports, so parallel runs
+  (pytest-xdist) do not collide;
+* ``vsc_tpm`` -- a private swtpm (:class:`vsc.testing.swtpm.Swtpm`; ``tcti``);
+* ``vsc_store`` -- a temporary card store (:class:`vsc.store.CardStore`).
+
+Every process a fixture starts (pcscd, swtpm) is stopped by its PID at
+teardown, which pytest also runs when the test fails or the run is
+interrupted (Ctrl-C); the processes get SIGTERM from the kernel if the test
+process dies without tearing down (``setpriv --pdeathsig``). Where a
+prerequisite is missing (pcscd, vpcd, mount namespaces, swtpm, tpm2-pytss)
+the fixture skips the test with the reason, and fails it instead when the
+environment variable ``CI`` is set, so a CI run cannot pass by skipping.
+
+See docs/testing.md for examples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, NoReturn
+
+import pytest
+
+from . import pcscd as _pcscd
+from . import swtpm as _swtpm
+
+if TYPE_CHECKING:
+    from yubikit.core.smartcard import SmartCardConnection
+
+    from vsc.card import Card
+    from vsc.store import CardStore
+
+__all__ = ["BACKENDS", "CardSpec", "VscReader", "running_in_ci", "unavailable"]
+
+#: Where ``vsc_card`` keeps the card: in memory, or in ``vsc_store`` under a protection backend.
+BACKENDS = ("memory", "plain", "software", "tpm")
+#: Seconds to wait for pcscd to see the card (it polls about every 400 ms).
+CARD_TIMEOUT = 10.0
+
+
+def running_in_ci() -> bool:
+    """Whether ``CI`` is set (to anything but empty, 0, false or no)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip for a missing prerequisite; fail instead under CI, which must run the test."""
+    if running_in_ci():
+        pytest.fail(f"prerequisite missing (CI is set): {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pcscd_problem() -> str | None:
+    """Why a private pcscd with vpcd cannot run here, or None."""
+    reason = _pcscd.skip_reason()
+    if reason is None and not _pcscd.VPCD_DRIVER.exists():
+        reason = f"the vpcd driver is missing ({_pcscd.VPCD_DRIVER}; Debian: vsmartcard-vpcd)"
+    if reason is None and importlib.util.find_spec("smartcard") is None:
+        reason = "pyscard is not installed (pip install 'vsc[testing]')"
+    return reason
+
+
+def swtpm_problem() -> str | None:
+    """Why a private swtpm cannot run here, or None."""
+    return _swtpm.swtpm_skip_reason()
+
+
+# -- what card -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CardSpec:
+    """What ``vsc_card`` builds.
+
+    ``backend``: ``memory`` (no store), or a stored card protected by
+    ``plain`` (nothing; tests only), ``software`` (a key file) or ``tpm``
+    (``vsc_tpm``). ``profile``: a card profile name, None for the default
+    card. ``serial``: fixed, or None for a random one.
+    """
+
+    backend: str = "memory"
+    profile: str | None = None
+    serial: int | None = None
+    name: str = "card"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise pytest.UsageError(f"vsc_card backend {self.backend!r}: one of {BACKENDS}")
+
+    @property
+    def stored(self) -> bool:
+        return self.backend != "memory"
+
+    @classmethod
+    def of(cls, value: object) -> CardSpec:
+        """A spec from a parameter or marker value: a CardSpec, a mapping, or a backend name."""
+        if isinstance(value, CardSpec):
+            return value
+        if isinstance(value, str):
+            return cls(backend=value)
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = set(value) - known
+            if unknown:
+                raise pytest.UsageError(f"vsc_card: unknown options {sorted(unknown)}")
+            return cls(**value)
+        raise pytest.UsageError(f"vsc_card: cannot make a card of {value!r}")
+
+
+def _spec(request: pytest.FixtureRequest) -> CardSpec:
+    param = getattr(request, "param", None)
+    if param is not None:
+        return CardSpec.of(param)
+    marker = request.node.get_closest_marker("vsc_card")
+    if marker is None:
+        return CardSpec()
+    options = dict(marker.kwargs)
+    if marker.args:
+        options["backend"] = marker.args[0]
+    return CardSpec.of(options)
+
+
+def card_profiles() -> Sequence[str]:
+    """The profile names ``CardSpec.profile`` accepts (the card's own, as the emulator has them)."""
+    from vsc import emulator
+
+    return tuple(getattr(emulator, "PROFILES", ()))
+
+
+def _memory_card(spec: CardSpec) -> Card:
+    from vsc import emulator
+
+    if spec.profile is None:
+        return emulator.default_card(spec.serial)
+    if spec.profile not in card_profiles():
+        raise pytest.UsageError(
+            f"vsc_card profile {spec.profile!r}: known profiles {list(card_profiles())}"
+        )
+    return emulator.default_card(spec.serial, profile=spec.profile)  # type: ignore[call-arg]
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "vsc_card(backend='memory', profile=None, serial=None): the card vsc_card builds "
+        f"(backends: {', '.join(BACKENDS)})",
+    )
+
+
+@pytest.fixture
+def vsc_store(tmp_path_factory: pytest.TempPathFactory) -> CardStore:
+    """A card store in a fresh private (0700) temporary directory."""
+    from vsc.store import CardStore
+
+    root = tmp_path_factory.mktemp("vsc-store") / "store"
+    root.mkdir(mode=0o700)
+    return CardStore(root)
+
+
+@pytest.fixture
+def vsc_tpm() -> Iterator[_swtpm.Swtpm]:
+    """A private swtpm on its own Unix socket; ``vsc_tpm.tcti`` is what ``--tpm`` takes.
+
+    Shut down (TPM2_Shutdown) and stopped by its PID afterwards.
+    """
+    problem = swtpm_problem()
+    if problem is not None:
+        unavailable(problem)
+    with _swtpm.Swtpm() as tpm:
+        yield tpm
+
+
+@pytest.fixture
+def vsc_card(request: pytest.FixtureRequest) -> Iterator[Card]:
+    """A factory PIV card in this process (see the module docstring for choosing one)."""
+    spec = _spec(request)
+    if not spec.stored:
+        yield _memory_card(spec)
+        return
+    if spec.profile is not None:
+        raise pytest.UsageError("vsc_card: profiles apply to in-memory cards only for now")
+    from vsc.emulator import open_card
+    from vsc.store import BackendSpec, create_key_file
+
+    store: CardStore = request.getfixturevalue("vsc_store")
+    if spec.backend == "tpm":
+        backend = BackendSpec.tpm(request.getfixturevalue("vsc_tpm").tcti)
+    elif spec.backend == "software":
+        key_file = store.root.parent / "card.key"
+        create_key_file(key_file)
+        backend = BackendSpec.software(key_file=str(key_file))
+    else:
+        backend = BackendSpec.plain()
+    card, stored = open_card(spec.name, backend, store=store.root)
+    try:
+        yield card
+    finally:
+        stored.close()
+
+
+@pytest.fixture
+def vsc_connection(vsc_card: Card) -> Iterator[SmartCardConnection]:
+    """``vsc_card`` as yubikit's SmartCardConnection (``PivSession(vsc_connection)``)."""
+    from vsc.inproc import YubikitConnection
+
+    connection = YubikitConnection(vsc_card)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+@dataclass
+class VscReader:
+    """``vsc_card`` in a private pcscd's reader.
+
+    ``name`` is the PC/SC reader name, ``env`` the environment a subprocess
+    client needs (it points libpcsclite at this pcscd), ``card`` the card
+    being served (touch it only through the reader while the test runs: the
+    emulator's thread serves it), ``pcscd`` the harness object
+    (:class:`vsc.testing.PcscdEnv`).
+    """
+
+    name: str
+    env: dict[str, str]
+    card: Card
+    pcscd: _pcscd.PcscdEnv
+
+    def run(
+        self, argv: Sequence[str], *, timeout: float = 30.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a client of this reader (output captured; killed and reported after ``timeout``)."""
+        return self.pcscd.run(argv, timeout=timeout, input=input)
+
+    def use_in_process(self) -> None:
+        """Point this process's pyscard at this reader's pcscd (before its first use)."""
+        self.pcscd.use_in_process()
+
+
+@pytest.fixture
+def vsc_reader(vsc_card: Card) -> Iterator[VscReader]:
+    """``vsc_card`` served through vpcd into a private pcscd (see :class:`VscReader`)."""
+    problem = pcscd_problem()
+    if problem is not None:
+        unavailable(problem)
+    from vsc.emulator import Emulator
+
+    with _pcscd.PcscdEnv() as pcscd, contextlib.ExitStack() as stack:
+        emulator = Emulator([vsc_card], host="127.0.0.1", port=pcscd.vpcd_port(0))
+        stack.enter_context(emulator)
+        name = pcscd.reader(0)
+        pcscd.wait_for_card(name, timeout=CARD_TIMEOUT)
+        yield VscReader(name, pcscd.env, vsc_card, pcscd)
