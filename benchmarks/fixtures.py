@@ -4,7 +4,7 @@ Keys are made once per run (:func:`key_set`) and put into cards through the
 key store's public API (``import_key``), certificates and the CHUID through
 :class:`~applets.piv.state.PivData`, so a card is ready in milliseconds and
 every benchmark sees the same card. The APDUs are the bytes OpenSC,
-yubico-piv-tool and ykman send (piv-reference §3).
+yubico-piv-tool and ykman send (docs/piv.md, "Commands").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The PIV applet through raw APDUs (``Card.transmit``), byte for byte.
 
-Expected bytes and status words come from piv-reference.md (section numbers
-in the test docstrings); cryptographic results are checked with
+Expected bytes and status words come from the reference in docs/piv.md (its
+sections are named where it helps); cryptographic results are checked with
 ``cryptography``, never with the applet's own helpers.
 """
 
@@ -100,7 +100,7 @@ class Piv:
         return self.sw(0x20, 0x00, 0x80, pin)
 
     def authenticate(self, key: bytes = DEFAULT_KEY, alg: int = 0x03) -> None:
-        """Mutual authentication as ykman does it (§3.6.1)."""
+        """Mutual authentication as ykman does it."""
         size = 8 if alg == 0x03 else 16
         out = self.ok(0x87, alg, 0x9B, bytes.fromhex("7C028000"))
         witness = parse_tlv(parse_tlv(out, 0x7C).value, 0x80).value
@@ -187,7 +187,7 @@ def public_key(template: bytes) -> dict[int, bytes]:
     "aid", ["A000000308", "A00000030800001000", "A000000308000010000100"], ids=len
 )
 def test_select_answers_the_yubikey_apt(piv: Piv, aid: str) -> None:
-    """§2.1/§2.2: any prefix of ≥ 5 bytes; exactly the YubiKey's 19-byte APT."""
+    """Any prefix of ≥ 5 bytes; exactly the YubiKey's 19-byte APT ("Commands", SELECT)."""
     assert piv.raw("00A40400" + f"{len(aid) // 2:02X}" + aid + "00") == (APT, OK)
     assert piv.raw("00A40400" + f"{len(aid) // 2:02X}" + aid) == (APT, OK)
 
@@ -201,7 +201,7 @@ def test_select_rejects_short_prefix_and_other_aids_without_losing_state(piv: Pi
 
 
 def test_piv_is_selected_after_power_up(piv: Piv) -> None:
-    """§1.7: PIV is the default application; OpenSC's first GET DATA works."""
+    """PIV is the default application; OpenSC's first GET DATA works ("Choices", A.3)."""
     piv.card.power_off()
     assert piv.raw("00CB3FFF035C017E00") == (DISCOVERY, OK)
 
@@ -245,7 +245,7 @@ def test_trace_masks_pins_and_protected_management_key(caplog: pytest.LogCapture
     assert "00 FD 00 00 00" in text
 
 
-# -- factory state (§10) ---------------------------------------------------------------------
+# -- factory state ----------------------------------------------------------------------------
 
 
 def test_factory_state(piv: Piv) -> None:
@@ -274,7 +274,7 @@ def test_attestation_certificate_is_in_5fff01_and_self_signed(piv: Piv) -> None:
     assert cert.public_key() == ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), f9)
 
 
-# -- GET DATA / PUT DATA (§3.1, §3.2, §5) -------------------------------------------------
+# -- GET DATA / PUT DATA ----------------------------------------------------------------------
 
 
 def test_discovery_object_exact_and_with_opensc_probe(piv: Piv) -> None:
@@ -289,7 +289,7 @@ def test_get_data_errors(piv: Piv) -> None:
     assert piv.raw("00CB3FFF065C045FC10201")[1] == INVALID_DATA
     assert piv.raw("00CB3FFF075C035FC1025300")[1] == INVALID_DATA  # trailing TLV
     assert piv.raw("00CB3FFF025C00")[1] == INVALID_DATA
-    assert piv.raw("00CB3FFF055C035FC102") == (b"", NOT_FOUND)  # §8.2
+    assert piv.raw("00CB3FFF055C035FC102") == (b"", NOT_FOUND)  # a fresh card has no CHUID
     assert piv.raw("00CB3FFF055C035FC201")[1] == NOT_FOUND  # not a PIV object
     assert piv.raw("00CB3FFF045C027F61")[1] == NOT_FOUND  # BIT group absent
 
@@ -313,7 +313,7 @@ def test_every_container_round_trips_with_its_access_rule(admin: Piv, tag: int) 
 
 
 def test_pin_protected_objects_answer_6982_even_when_absent(piv: Piv) -> None:
-    """§5.1: lets OpenSC's GENERIC driver detect the login state."""
+    """Lets OpenSC's GENERIC driver detect the login state ("Choices": 6982, not 6A82)."""
     for tag in sorted(PIN_OBJECTS):
         assert piv.get_object(tag)[1] == SECURITY
     assert piv.verify() == OK
@@ -349,7 +349,7 @@ def test_bit_group_template_is_returned_in_its_own_template(admin: Piv) -> None:
 
 
 def test_large_object_both_ways(admin: Piv) -> None:
-    """3063 bytes in (13 chained chunks) and out (61xx / GET RESPONSE), §1.4/§1.5."""
+    """3063 bytes in (13 chained chunks) and out (61xx / GET RESPONSE)."""
     value = bytes(i & 0xFF for i in range(3063))
     assert admin.put_object(0x5FC105, value) == OK
     out, sw = admin.get_object(0x5FC105)
@@ -377,7 +377,7 @@ def test_extended_apdus_carry_a_whole_certificate(admin: Piv) -> None:
     assert admin.raw(get.encode()) == (encode_tlv(0x53, value), OK)
 
 
-# -- VERIFY (§3.3) ---------------------------------------------------------------------------
+# -- VERIFY -----------------------------------------------------------------------------------
 
 
 def test_verify_status_query_never_costs_a_try(piv: Piv) -> None:
@@ -473,7 +473,7 @@ def test_pin_comparison_is_constant_time(piv: Piv, monkeypatch: pytest.MonkeyPat
     assert (PIN, pin_block("000000")) in calls
 
 
-# -- CHANGE REFERENCE DATA (§3.4) and RESET RETRY COUNTER (§3.5) ----------------------
+# -- CHANGE REFERENCE DATA and RESET RETRY COUNTER --------------------------------------------
 
 
 def test_change_pin(piv: Piv) -> None:
@@ -543,7 +543,7 @@ def test_reset_retry_counter(piv: Piv) -> None:
 
 
 def test_reset_retry_counter_checks_puk_first(piv: Piv) -> None:
-    """§3.5: ykman's `piv reset` blocks the PUK with 16 bytes of FF and needs 63Cx."""
+    """ykman's `piv reset` blocks the PUK with 16 bytes of FF and needs 63Cx."""
     ff = b"\xff" * 16
     assert [piv.sw(0x2C, 0x00, 0x80, ff) for _ in range(4)] == [0x63C2, 0x63C1, 0x63C0, BLOCKED]
     assert piv.sw(0x2C, 0x00, 0x80, PUK + PIN) == BLOCKED
@@ -558,7 +558,7 @@ def test_reset_retry_counter_errors(piv: Piv) -> None:
     assert piv.verify(PIN) == OK  # the PIN did not change
 
 
-# -- management key (§3.6.1, §6.3, §8.1) --------------------------------------------------
+# -- management key ---------------------------------------------------------------------------
 
 
 def test_mutual_authentication_vector(piv: Piv, fixed_random: Callable[[bytes], None]) -> None:
@@ -638,7 +638,7 @@ def test_management_authentication_errors(piv: Piv) -> None:
 
 
 def test_opensc_random_numbers_via_9b(piv: Piv) -> None:
-    """§3.6.6: `00 87 00 9B 04 7C 02 81 00 00` → 8 random bytes."""
+    """`00 87 00 9B 04 7C 02 81 00 00` → 8 random bytes ("Choices", A.2)."""
     first, sw = piv.raw("0087009B047C02810000")
     second, _ = piv.raw("0087009B047C02810000")
     assert sw == OK and first[:4] == bytes.fromhex("7C0A8108") and len(first) == 12
@@ -663,7 +663,7 @@ def test_aes_management_keys(
     encrypted: str,
 ) -> None:
     assert admin.sw(0xFF, 0xFF, 0xFF, bytes((alg, 0x9B, len(key))) + key) == OK
-    assert admin.put_object(0x5FC102, b"\x01") == OK  # still authenticated (§3.6.1)
+    assert admin.put_object(0x5FC102, b"\x01") == OK  # still authenticated
     meta = admin.metadata(0x9B)
     assert meta[0x01] == bytes((alg,)) and meta[0x02] == b"\x00\x01"
     assert meta[0x05] == (b"\x01" if key == DEFAULT_KEY else b"\x00")
@@ -717,7 +717,7 @@ def test_management_key_touch(admin: Piv, p2: int, policy: int) -> None:
     assert admin.put_object(0x5FC102, b"\x01") == SECURITY
 
 
-# -- GENERATE (§3.7) -----------------------------------------------------------------------
+# -- GENERATE ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -781,7 +781,7 @@ def test_generate_in_every_slot_and_f9(admin: Piv) -> None:
     assert all(admin.metadata(slot)[0x01] == b"\xe0" for slot in KEY_SLOTS)
 
 
-# -- GENERAL AUTHENTICATE with keys (§3.6.2-§3.6.5, §7) ------------------------------------
+# -- GENERAL AUTHENTICATE with keys -----------------------------------------------------------
 
 
 def ec_key(template: bytes, curve: ec.EllipticCurve) -> ec.EllipticCurvePublicKey:
@@ -856,7 +856,7 @@ def test_ecdsa_and_ecdh(
 
 
 def test_ecdsa_p384_with_a_sha256_hash(admin: Piv) -> None:
-    """§3.6.3: ykman sends a 32-byte value to a P-384 key; it is e as is."""
+    """ykman sends a 32-byte value to a P-384 key; it is e as is."""
     key = ec_key(admin.generate(0x9E, 0x14), ec.SECP384R1())
     digest = bytes(range(32))
     signature, sw = admin.ga(0x14, 0x9E, 0x81, digest)
@@ -906,7 +906,7 @@ def test_pin_policy_once(admin: Piv) -> None:
 
 
 def test_pin_policy_always(admin: Piv) -> None:
-    """§7.1: VERIFY must immediately precede each use."""
+    """PIN-always: VERIFY must immediately precede each use."""
     admin.generate(0x9C, 0x11)
     assert admin.ga(0x11, 0x9C, 0x81, bytes(32))[1] == SECURITY
     assert admin.verify() == OK
@@ -925,7 +925,7 @@ def test_pin_policy_always(admin: Piv) -> None:
 
 
 def test_pin_always_over_chained_rsa(admin: Piv) -> None:
-    """pkcs11-tool's flow: VERIFY, then a chained GA (§2.3)."""
+    """pkcs11-tool's flow: VERIFY, then a chained GA."""
     key = rsa_key(admin.generate(0x9C, 0x07))
     assert admin.verify() == OK
     signature, sw = admin.ga(0x07, 0x9C, 0x81, pkcs1_sign_block(b"m", 256))
@@ -976,7 +976,7 @@ def test_touch_not_asked_when_policy_never(admin: Piv) -> None:
     assert admin.ga(0x11, 0x9E, 0x81, bytes(32))[1] == OK
 
 
-# -- IMPORT (§6.4) ----------------------------------------------------------------------------
+# -- IMPORT -----------------------------------------------------------------------------------
 
 
 def import_data(private_key: object) -> tuple[int, bytes]:
@@ -1066,7 +1066,7 @@ def test_import_errors(piv: Piv) -> None:
     assert piv.sw(0xF7, 0x00, 0x9A) == REF_NOT_FOUND
 
 
-# -- GET METADATA (§6.8) ----------------------------------------------------------------------
+# -- GET METADATA -----------------------------------------------------------------------------
 
 
 def test_metadata_of_a_generated_key_has_exact_tags(admin: Piv) -> None:
@@ -1091,7 +1091,7 @@ def test_rsa_metadata_needs_get_response(admin: Piv) -> None:
     assert len(admin.metadata(0x9A)[0x04]) == 265
 
 
-# -- SET PIN RETRIES (FA), RESET (FB) (§6.5) -------------------------------------------------
+# -- SET PIN RETRIES (FA), RESET (FB) ---------------------------------------------------------
 
 
 def test_set_pin_retries_needs_management_key_and_pin(piv: Piv) -> None:
@@ -1173,7 +1173,7 @@ def test_reset_clears_security_state_on_other_channels(admin: Piv) -> None:
     assert admin.raw("01DB3FFF075C035FC1025300")[1] == SECURITY
 
 
-# -- ATTEST (§6.6) ------------------------------------------------------------------------------
+# -- ATTEST -----------------------------------------------------------------------------------
 
 
 def test_attest_a_generated_key(admin: Piv) -> None:
@@ -1227,7 +1227,7 @@ def test_attest_errors(piv: Piv) -> None:
     assert piv.raw("00F99A0100")[1] == BAD_P1P2
 
 
-# -- MOVE and DELETE KEY (§6.7) -----------------------------------------------------------
+# -- MOVE and DELETE KEY ----------------------------------------------------------------------
 
 
 def test_move_key(admin: Piv) -> None:
@@ -1261,7 +1261,7 @@ def test_delete_key(admin: Piv) -> None:
     assert admin.raw("00F6FF9D")[1] == REF_NOT_FOUND
 
 
-# -- volatile state (§7.3) ---------------------------------------------------------------------
+# -- volatile state ---------------------------------------------------------------------------
 
 
 def test_power_cycle_and_reset_clear_security_state(piv: Piv) -> None:

@@ -143,7 +143,7 @@ def raw_public_op(public_key: rsa.RSAPublicKey, data: bytes) -> int:
 
 
 def import_tlvs(key: PrivateKey) -> bytes:
-    """IMPORT KEY data the way ykman/libykpiv build it (§6.4)."""
+    """IMPORT KEY data the way ykman/libykpiv build it ("Key import" in docs/piv.md)."""
     if isinstance(key, rsa.RSAPrivateKey):
         n = key.private_numbers()
         half = key.key_size // 16

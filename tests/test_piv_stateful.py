@@ -2,11 +2,12 @@
 
 A :class:`RuleBasedStateMachine` drives a card (PIV default, echo beside it)
 with raw APDUs through ``Card.transmit`` and predicts every status word from
-its own model of piv-reference.md §3, §6 and §7 — PIN/PUK counters, the PIN
+its own model of docs/piv.md ("Commands", "PIN and touch policies",
+"Security state") — PIN/PUK counters, the PIN
 and PIN-always status and the management-key status of each logical channel,
 the management key, the keys in the slots and their PIN policies, the data
 objects. Nothing of the applet's logic is imported: policies, counters and
-the clearing table (§7.3) are written out here, and signatures are verified
+the clearing table ("Security state") are written out here, and signatures are verified
 with ``cryptography`` against public keys the model holds. (The applet's own
 types appear only in the deliberately broken subclasses at the end, which
 prove that the machine can fail.)
@@ -15,7 +16,7 @@ What a failure means: the card granted something the model says needs an
 authentication it does not have (PUT DATA, GENERATE, IMPORT, MOVE/DELETE,
 SET MANAGEMENT KEY, SET PIN RETRIES, RESET, a PIN-protected key or object),
 counted a retry differently, or kept/cleared state on a power event, a
-SELECT or another channel differently from §7.3.
+SELECT or another channel differently from "Security state".
 
 After every step an *observer* — logical channel 19, which never
 authenticates — compares the card's GET METADATA (counters, default flags,
@@ -82,7 +83,7 @@ FACTORY_KEY = (0x03, bytes(range(1, 9)) * 3)
 TDES, AES128, AES192, AES256 = 0x03, 0x08, 0x0A, 0x0C
 KEY_LENGTH = {TDES: 24, AES128: 16, AES192: 24, AES256: 32}
 
-# PIN policies (tag AA) and the slot defaults of §4.1.
+# PIN policies (tag AA) and the slot defaults ("PIN and touch policies").
 DEFAULT, NEVER, ONCE, ALWAYS, MATCH_ONCE, MATCH_ALWAYS = range(6)
 SLOT_DEFAULT = {0x9A: ONCE, 0x9C: ALWAYS, 0x9D: ONCE, 0x9E: NEVER, 0x82: ONCE}
 SLOTS = sorted(SLOT_DEFAULT)
@@ -162,7 +163,7 @@ def short_tlvs(data: bytes) -> dict[int, bytes]:
 
 @dataclass
 class Session:
-    """What the model says one channel's PIV session holds (§7.3)."""
+    """What the model says one channel's PIV session holds ("Security state")."""
 
     verified: bool = False
     always: bool = False
@@ -293,7 +294,7 @@ class PivSecurityMachine(RuleBasedStateMachine):
         new=st.sampled_from(PIN_CANDIDATES + PUK_CANDIDATES),
     )
     def change_reference(self, data: st.DataObject, puk: bool, old: Secret, new: bytes) -> None:
-        """CHANGE REFERENCE DATA of the PIN (80) or the PUK (81), §3.4."""
+        """CHANGE REFERENCE DATA of the PIN (80) or the PUK (81)."""
         channel = self.channel(data)
         m, s = self.model, self.session(channel)
         if isinstance(old, str):
@@ -327,7 +328,7 @@ class PivSecurityMachine(RuleBasedStateMachine):
         new=st.sampled_from(PIN_CANDIDATES),
     )
     def unblock_pin(self, data: st.DataObject, puk: Secret, new: bytes) -> None:
-        """RESET RETRY COUNTER (§3.5): the PUK first; the PIN status is unchanged."""
+        """RESET RETRY COUNTER: the PUK first; the PIN status is unchanged."""
         channel = self.channel(data)
         m = self.model
         if isinstance(puk, str):
@@ -399,7 +400,7 @@ class PivSecurityMachine(RuleBasedStateMachine):
         # Success proves knowledge of the card's current key, right after a step 1
         # issued under that same key (a key changed meanwhile voids the challenge).
         ok = pending is not None and pending[3] == current and key == current
-        s.admin = ok  # a failed attempt clears the status (§3.6.1)
+        s.admin = ok  # a failed attempt clears the status
         self.processed(channel)
         what = f"GA 9B step 2 ({which} key, pending {pending is not None})"
         self.expect(what, sw, OK if ok else SECURITY)
@@ -480,7 +481,7 @@ class PivSecurityMachine(RuleBasedStateMachine):
         resp, sw = self.send(channel, 0x47, 0x00, slot, tlv(0xAC, template))
         want = self.admin_or_6982(channel)
         if want == OK and policy in (MATCH_ONCE, MATCH_ALWAYS):
-            want = INVALID_DATA  # YubiKey Bio policies (§7.1)
+            want = INVALID_DATA  # YubiKey Bio policies
         self.processed(channel)
         self.expect(f"GENERATE {slot:02X}", sw, want)
         if want == OK:
@@ -534,7 +535,7 @@ class PivSecurityMachine(RuleBasedStateMachine):
             self._import(channel, slot, policy, secrets.randbelow(2**255) + 1)
 
     def _sign(self, channel: int, slot: int, chained: bool) -> None:
-        """GA with the slot's key: the PIN policy decides (§7.1, §3.6.7)."""
+        """GA with the slot's key: the PIN policy decides."""
         s, key = self.session(channel), self.model.keys.get(slot)
         digest = secrets.token_bytes(32)
         body = tlv(0x7C, tlv(0x82, b"") + tlv(0x81, digest))
@@ -601,7 +602,7 @@ class PivSecurityMachine(RuleBasedStateMachine):
     # -- Yubico extensions that need more than one thing ------------------------------------------
 
     def _set_pin_retries(self, channel: int, pin_tries: int, puk_tries: int) -> None:
-        """FA needs the management key AND the PIN (§6.5)."""
+        """FA needs the management key AND the PIN."""
         s, m = self.session(channel), self.model
         _, sw = self.send(channel, 0xFA, pin_tries, puk_tries)
         want = OK if s.admin and s.verified else SECURITY
@@ -817,7 +818,7 @@ def test_witness_does_not_survive_a_key_change(monkeypatch: pytest.MonkeyPatch) 
 
 
 class LaxRetries(PivApplet):
-    """SET PIN RETRIES without the PIN (§6.5 needs both)."""
+    """SET PIN RETRIES without the PIN (it needs both)."""
 
     @command(0xFA)
     def lax_set_pin_retries(self, apdu: CommandApdu, session: SecurityState) -> bytes:

@@ -131,7 +131,7 @@ def test_session_sees_a_yubikey_5_7(session: PivSession) -> None:
 
 
 def test_transports_shape_the_apdus(device: Device, admin: PivSession) -> None:
-    """NFC: short APDUs, chaining and GET RESPONSE; USB: extended APDUs (§1.3)."""
+    """NFC: short APDUs, chaining and GET RESPONSE; USB: extended APDUs ("Transport")."""
     admin.generate_key(SLOT.AUTHENTICATION, KEY_TYPE.RSA2048)
     admin.put_certificate(
         SLOT.AUTHENTICATION,
@@ -309,7 +309,7 @@ def test_generate_rsa3072(admin: PivSession) -> None:
 
 
 def test_generate_rsa4096_over_nfc() -> None:
-    """The slowest key, once: 512-byte blocks chained in and out (§1.4, §1.5)."""
+    """The slowest key, once: 512-byte blocks chained in and out."""
     session = Device(TRANSPORT.NFC).session()
     session.authenticate(DEFAULT_MANAGEMENT_KEY)
     public_key = session.generate_key(SLOT.RETIRED20, KEY_TYPE.RSA4096)
@@ -369,7 +369,7 @@ def test_touch_policy_reaches_the_hook(device: Device, admin: PivSession) -> Non
 
 
 def test_wrong_key_type_is_6a80(admin: PivSession) -> None:
-    """ykman's check_key reads 6A80 as "not this key" (§3.6.7)."""
+    """ykman's check_key reads 6A80 as "not this key"."""
     admin.generate_key(SLOT.CARD_AUTH, KEY_TYPE.ECCP256)
     with apdu_error(SW.INCORRECT_PARAMETERS):
         admin.sign(SLOT.CARD_AUTH, KEY_TYPE.ECCP384, b"m", hashes.SHA384())
@@ -499,7 +499,7 @@ def _all_slots() -> Iterator[SLOT]:
 
 
 def test_fresh_card_lists_no_keys_and_no_certificates(session: PivSession) -> None:
-    """What `ykman piv info` reads (§6.9): every slot 6A88, every object 6A82."""
+    """What `ykman piv info` reads: every slot 6A88, every object 6A82."""
     for slot in _all_slots():
         with apdu_error(SW.REFERENCE_DATA_NOT_FOUND):
             session.get_slot_metadata(slot)

@@ -2,7 +2,7 @@
 
 ``PivApplet()`` is a factory-fresh card (PIN 123456, PUK 12345678, 3DES
 management key 01 02 .. 08 three times, an attestation key in F9) whose keys live in
-memory. See piv-reference.md and docs/piv.md.
+memory. See docs/piv.md.
 """
 
 from .applet import VERSION, PivApplet

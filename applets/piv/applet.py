@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 :class:`PivApplet` is the card edge: it parses commands, enforces access
-rules and answers with the status words piv-reference.md prescribes. It owns
+rules and answers with the status words docs/piv.md lists. It owns
 no key material: private keys live in a :class:`~applets.piv.keys.KeyStore`,
 PINs, counters, the management key and data objects in
 :class:`~applets.piv.state.PivData` (which commits every change through its
@@ -13,7 +13,7 @@ store), and per-channel security state in a
 Every command passes through :meth:`PivApplet.process`, which implements the
 two cross-command rules: a GA 9B witness/challenge is valid only for the next
 command, and the PIN-always authorisation armed by VERIFY is disarmed by any
-other command once it has run (§7.1).
+other command once it has run (docs/piv.md, "Security state").
 
 Checks run in this order in every handler: P1/P2 (``6A86``, ``6A88`` for an
 unknown PIN reference), then the access condition (``6982``), then the data
@@ -86,7 +86,7 @@ log = logging.getLogger(__name__)
 #: metadata, MOVE/DELETE, RSA-3072/4096 and the 25519 keys in ykman.
 VERSION = (5, 7, 1)
 
-#: The YubiKey's answer to SELECT (piv-reference §2.2): the PIX with version
+#: The YubiKey's answer to SELECT (docs/piv.md, "Commands"): the PIX with version
 #: and the RID as coexistent tag allocation authority.
 APPLICATION_PROPERTY_TEMPLATE = bytes.fromhex("61114F0600001000010079074F05A000000308")
 
@@ -137,7 +137,7 @@ TAG_ALGORITHM = 0x80
 TAG_PIN_POLICY = 0xAA
 TAG_TOUCH_POLICY = 0xAB
 
-# GET METADATA tags (piv-reference §6.8).
+# GET METADATA tags (docs/piv.md, "GET METADATA").
 TAG_META_ALGORITHM = 0x01
 TAG_META_POLICY = 0x02
 TAG_META_ORIGIN = 0x03

@@ -1,4 +1,4 @@
-"""X.509 certificates for Yubico-style PIV attestation (piv-reference §6.6).
+"""X.509 certificates for Yubico-style PIV attestation (docs/piv.md, "Attestation").
 
 Two certificates: the card's self-signed attestation CA for the F9 key (what
 object 5FFF01 holds), and per-slot attestation statements signed by the F9

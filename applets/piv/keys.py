@@ -16,11 +16,12 @@ sealed PKCS#8 blobs (unsealing in ``_load_private_key``), and may override
 The store does key operations only: PIN and touch enforcement, slot
 validation and the choice of status word for an empty slot are the applet's.
 An empty slot raises :class:`KeyNotFound` (an ``ApduError`` with ``6A88``);
-the applet turns it into ``6A80`` for GENERAL AUTHENTICATE (§3.6.7). A key of
+the applet turns it into ``6A80`` for GENERAL AUTHENTICATE (what ykman expects).
+A key of
 the wrong type for the operation, or bad input, raises ``InvalidData``
 (``6A80``).
 
-Operations (piv-reference §3.6):
+Operations (docs/piv.md, "Commands"):
 
 * RSA: raw private operation on a k-byte block, k bytes out (rsa.py).
 * ECDSA P-256/P-384: the input is the hash e; its leftmost field-size bytes,
@@ -31,9 +32,9 @@ Operations (piv-reference §3.6):
 * X25519: 32-byte peer; an all-zero shared secret is ``6A80``.
 
 Policies are resolved when a key is stored (``DEFAULT`` becomes the slot's
-default, §7.1), so :class:`KeyInfo` always holds what GET METADATA reports.
+default), so :class:`KeyInfo` always holds what GET METADATA reports.
 
-Extensions to the API in the brief (nothing renamed): ``pin_policy`` and
+Beyond the basic key-store operations: ``pin_policy`` and
 ``touch_policy`` default to ``DEFAULT``; ``sign``/``agree`` take an optional
 ``key_type`` (GA's P1; a mismatch is ``6A80``); ``attest`` takes optional
 ``form_factor`` and ``issuer`` (the DER certificate in object 5FFF01);
@@ -44,7 +45,7 @@ metadata tag 04); ``resolve_pin_policy``/``resolve_touch_policy``;
 ``KeyType.of``/``is_rsa``/``is_ec``/``bit_len``; ``KEY_SLOTS``,
 ``ATTESTATION_SLOT``; ``FormFactor`` (attestation.py).
 
-Status words chosen where the brief left them open: MOVE onto an occupied
+Status words chosen where the sources are silent: MOVE onto an occupied
 slot (or onto itself) is ``6A80`` (yubikit names 6A80 INCORRECT_PARAMETERS
 and ykman prints "DEST slot is not empty" for it); ATTEST of an imported key
 is ``6A80`` (Yubico SDK issue #9); no usable F9 key is ``6985``.
@@ -81,14 +82,14 @@ PrivateKey = (
 
 #: The Yubico attestation key slot; it survives RESET.
 ATTESTATION_SLOT = 0xF9
-#: Slots that hold asymmetric keys on a YubiKey 5.7 (§3.7): 9A 9C 9D 9E, 82-95, F9.
+#: Slots that hold asymmetric keys on a YubiKey 5.7: 9A 9C 9D 9E, 82-95, F9.
 KEY_SLOTS = frozenset({0x9A, 0x9C, 0x9D, 0x9E, ATTESTATION_SLOT, *range(0x82, 0x96)})
 
 RSA_EXPONENT = 65537
 
 
 class KeyType(IntEnum):
-    """Algorithm identifiers of GA P1, the AC/80 tag and IMPORT P1 (§4.2)."""
+    """Algorithm identifiers of GA P1, the AC/80 tag and IMPORT P1 (table in docs/piv.md)."""
 
     RSA1024 = 0x06
     RSA2048 = 0x07
@@ -150,7 +151,7 @@ _ECDSA_HASHES: dict[KeyType, hashes.HashAlgorithm] = {
 
 
 class PinPolicy(IntEnum):
-    """Tag AA values (§7.1)."""
+    """Tag AA values (docs/piv.md, "PIN and touch policies")."""
 
     DEFAULT = 0
     NEVER = 1
@@ -161,7 +162,7 @@ class PinPolicy(IntEnum):
 
 
 class TouchPolicy(IntEnum):
-    """Tag AB values (§7.2)."""
+    """Tag AB values (docs/piv.md, "PIN and touch policies")."""
 
     DEFAULT = 0
     NEVER = 1
@@ -206,7 +207,7 @@ _DEFAULT_PIN_POLICIES = {
 
 
 def default_pin_policy(slot: int) -> PinPolicy:
-    """The PIN policy ``DEFAULT`` means in ``slot`` (§4.1): retired slots and F9 ONCE."""
+    """The PIN policy ``DEFAULT`` means in ``slot``: retired slots and F9 ONCE."""
     return _DEFAULT_PIN_POLICIES.get(slot, PinPolicy.ONCE)
 
 
@@ -220,7 +221,7 @@ def resolve_pin_policy(slot: int, policy: PinPolicy) -> PinPolicy:
 
 
 def resolve_touch_policy(policy: TouchPolicy) -> TouchPolicy:
-    """``DEFAULT`` → ``NEVER`` (§7.2)."""
+    """``DEFAULT`` → ``NEVER``."""
     return TouchPolicy.NEVER if policy is TouchPolicy.DEFAULT else TouchPolicy(policy)
 
 
@@ -245,7 +246,7 @@ def encode_public_key_data(key: KeyInfo | PublicKey) -> bytes:
 
 
 def encode_public_key(key: KeyInfo | PublicKey) -> bytes:
-    """The ``7F49`` template GENERATE answers with (§3.7), shortest DER lengths."""
+    """The ``7F49`` template GENERATE answers with, shortest DER lengths."""
     return encode_tlv(0x7F49, encode_public_key_data(key))
 
 
@@ -257,7 +258,7 @@ _POLICY_TAGS = frozenset({0xAA, 0xAB})  # parsed by the applet; ignored here
 
 
 def parse_private_key(key_type: KeyType, data: bytes) -> PrivateKey:
-    """The private key in IMPORT ASYMMETRIC KEY's data field (§6.4).
+    """The private key in IMPORT ASYMMETRIC KEY's data field (docs/piv.md, "Key import").
 
     RSA: 01 p, 02 q, 03 dP, 04 dQ, 05 qInv (n = p·q, e = 65537); EC: 06 scalar;
     Ed25519: 07 seed; X25519: 08 key. AA/AB policy tags are skipped. Missing,

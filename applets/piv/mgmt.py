@@ -1,8 +1,8 @@
 """The PIV card management key (key reference 9B): algorithms and block cipher.
 
 The management key authenticates the card administrator with a challenge
-encrypted in ECB mode without padding (SP 800-73-4 Part 2 Appendix A.1;
-piv-reference §3.6.1). 3DES is the factory algorithm because yubico-piv-tool
+encrypted in ECB mode without padding (SP 800-73-4 Part 2 Appendix A.1).
+3DES is the factory algorithm because yubico-piv-tool
 2.2.0 knows no other; AES-128/192/256 are the Yubico extensions of 5.4+.
 """
 

@@ -1,7 +1,8 @@
 """PIV data objects: identifiers, access rules, size limits, fixed templates.
 
 The card stores object values opaquely (the bytes inside the ``53`` wrapper)
-and never parses certificates or CHUIDs. Rules (piv-reference §5):
+and never parses certificates or CHUIDs. Rules (SP 800-73-4 Part 1 and the
+YubiKey's extensions; the table is in docs/piv.md, "Commands"):
 
 * Writable objects are ``5FC101``-``5FC123`` (SP 800-73-4 containers, some
   numbers unassigned but harmless) and ``5FFF00``-``5FFFFF`` (Yubico), plus the

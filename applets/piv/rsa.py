@@ -1,7 +1,7 @@
 """The raw RSA private operation PIV's GENERAL AUTHENTICATE needs.
 
 The host pads; the card computes ``c^d mod n`` on a k-byte block and returns
-k bytes (piv-reference §3.6.2). ``cryptography`` has no unpadded private
+k bytes (docs/piv.md, "Commands", GA). ``cryptography`` has no unpadded private
 operation, so there are two paths to the same number:
 
 * **Fast path.** A block that is exactly a PKCS#1 v1.5 type-1 signature block

@@ -1,7 +1,7 @@
 """Volatile PIV security state of one logical channel.
 
-Theory of operation (SP 800-73-4 Part 2 §2.4; piv-reference §7.3)
-------------------------------------------------------------------
+Theory of operation (SP 800-73-4 Part 2 §2.4; docs/piv.md, "Security state")
+---------------------------------------------------------------------------
 The card creates one :class:`SecurityState` per channel on which PIV is
 selected and forgets it on reset, power-off and deselection, which clears
 everything here. Within a session:

@@ -12,7 +12,7 @@ so the APDU trace is in its log, attached to a failure report). Tests run in
 the order written, but each provisions what it needs and puts back what it
 changes (PIN, PUK, management key), so each can run and fail alone; the
 yubico-piv-tool class ends with RESET. Every client call is bounded by
-``CLIENT_TIMEOUT``. Client quirks (piv-reference §9) steer the choice of
+``CLIENT_TIMEOUT``. Client quirks (docs/piv.md, per tool) steer the choice of
 commands: yubico-piv-tool 2.2.0 cannot self-sign under OpenSSL 3, so
 certificates for OpenSC's view are made by ``openssl`` and imported.
 """
@@ -49,7 +49,7 @@ FACTORY_KEY = "0102030405060708" * 3
 OTHER_KEY = "00112233445566778899AABBCCDDEEFF0123456789ABCDEF"
 SELECT_PIV = bytes.fromhex("00A4040005A000000308")
 GET_SERIAL = bytes.fromhex("00F8000000")
-#: Yubico attestation extension carrying the serial (piv-reference §6.6).
+#: Yubico attestation extension carrying the serial (docs/piv.md, "Attestation").
 OID_SERIAL = x509.ObjectIdentifier("1.3.6.1.4.1.41482.3.7")
 META_ORIGIN_GENERATED = b"\x01"
 META_ORIGIN_IMPORTED = b"\x02"
