@@ -77,6 +77,15 @@ class Summary:
         share = 100.0 * self.lines / self.lines_total
         return f"{label}{self.lines}/{self.lines_total}({share:.1f}%)"
 
+    def count(self, outcome: Outcome) -> None:
+        """Count one played input."""
+        self.inputs += 1
+        self.apdus += outcome.apdus
+        if outcome.violation is not None:
+            self.violations += 1
+            kind = outcome.violation.kind
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+
     def add(self, other: Summary) -> None:
         """Add a parallel worker's summary (features and lines: the best worker's)."""
         self.inputs += other.inputs
@@ -180,14 +189,9 @@ class Fuzzer:
             outcome = self.coverage.measure(lambda: self.harness.run(steps))
         else:
             outcome = self.harness.run(steps)
-        summary.inputs += 1
-        summary.apdus += outcome.apdus
-        if outcome.violation is not None:
-            summary.violations += 1
-            kind = outcome.violation.kind
-            summary.by_kind[kind] = summary.by_kind.get(kind, 0) + 1
-            if self.crash_dir is not None:
-                summary.crashes.append(str(save_crash(self.crash_dir, steps, outcome.violation)))
+        summary.count(outcome)
+        if outcome.violation is not None and self.crash_dir is not None:
+            summary.crashes.append(str(save_crash(self.crash_dir, steps, outcome.violation)))
         new = outcome.features - self.seen
         if new:
             self.seen |= new

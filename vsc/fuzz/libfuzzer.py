@@ -63,16 +63,15 @@ def test_one_input(
     """A libFuzzer target: decode, play on a fresh card, raise on a violation
     (after saving the input in the text form to ``crash_dir``)."""
     summary = summary if summary is not None else Summary(engine="atheris")
+    seen: set[tuple[int, ...]] = set()
 
     def target(data: bytes) -> None:
         steps = decode_input(data)
         outcome = harness.run(steps)
-        summary.inputs += 1
-        summary.apdus += outcome.apdus
+        summary.count(outcome)
+        seen.update(outcome.features)
+        summary.features = len(seen)
         if outcome.violation is not None:
-            summary.violations += 1
-            kind = outcome.violation.kind
-            summary.by_kind[kind] = summary.by_kind.get(kind, 0) + 1
             path = save_crash(crash_dir, steps, outcome.violation)
             raise RuntimeError(f"{outcome.violation} (saved to {path})")
         if on_input is not None:
