@@ -176,6 +176,12 @@ def test_rules_from_secret_ins_and_inheritance() -> None:
     class Piv2(PivApplet):
         pass
 
+    with pytest.raises(TypeError, match="is_secret is no longer called"):
+
+        class Old(Applet[None]):  # the hook before trace_rules: refused, not ignored
+            def is_secret(self, apdu: CommandApdu) -> bool:
+                return True
+
     assert Plain.trace_rules.classify(0x42, 0, 0, b"") == Mask.BOTH
     assert Plain.trace_rules.classify(0x43, 0, 0, b"") == Mask.NONE
     assert Piv2.trace_rules is PIV_TRACE_RULES

@@ -86,6 +86,11 @@ class Applet(Generic[S]):
             for ins in getattr(value, _INS_ATTR, ()):
                 table[ins] = value
         cls.commands = table
+        if "is_secret" in cls.__dict__:  # the old hook: ignoring it would show its secrets
+            raise TypeError(
+                f"{cls.__name__}.is_secret is no longer called: declare trace_rules "
+                "(vsc.masking.TraceRules) or secret_ins instead"
+            )
         if "secret_ins" in cls.__dict__ and "trace_rules" not in cls.__dict__:
             cls.trace_rules = TraceRules.hiding(cls.secret_ins)
 
