@@ -15,11 +15,12 @@ from vsc.applet import Applet
 from vsc.masking import TraceRules
 
 from .echo import EchoApplet
+from .gids.applet import GidsApplet
 from .piv.applet import PivApplet
 
 __all__ = ["APPLETS", "trace_rules_for"]
 
-APPLETS: tuple[type[Applet[Any]], ...] = (PivApplet, EchoApplet)
+APPLETS: tuple[type[Applet[Any]], ...] = (PivApplet, GidsApplet, EchoApplet)
 
 
 def trace_rules_for(aid: bytes) -> TraceRules | None:

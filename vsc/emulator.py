@@ -67,6 +67,7 @@ from types import FrameType
 from typing import Final
 
 from applets.echo import EchoApplet
+from applets.gids import GIDS_ATR, GidsApplet
 from applets.piv import PivApplet
 
 from . import trace
@@ -121,10 +122,24 @@ _RECV_SIZE: Final = 0x10000 + 2
 _SW_UNKNOWN: Final = b"\x6f\x00"
 
 
-def default_card(serial: int | None = None) -> Card:
-    """A factory-default card: the applets a fresh emulator offers."""
-    card = Card()
-    card.register(PivApplet(serial=serial), default=True)
+#: The card applications ``--applet`` offers.
+APPLETS: Final = ("piv", "gids")
+
+
+def default_card(serial: int | None = None, applet: str = "piv") -> Card:
+    """A factory-default card: the applets a fresh emulator offers.
+
+    ``applet`` chooses the card's application: ``piv`` (a YubiKey's ATR) or
+    ``gids`` (an empty GIDS card with the ATR of a Windows virtual smart card).
+    """
+    if applet == "gids":
+        card = Card(atr=GIDS_ATR)
+        card.register(GidsApplet(serial=serial), default=True)
+    elif applet == "piv":
+        card = Card()
+        card.register(PivApplet(serial=serial), default=True)
+    else:
+        raise ValueError(f"unknown applet {applet!r}; choose one of {', '.join(APPLETS)}")
     card.register(EchoApplet())
     return card
 
@@ -685,6 +700,14 @@ def _parser() -> argparse.ArgumentParser:
         help="INSECURE, for tests: store the cards' keys and PINs unprotected",
     )
     parser.add_argument(
+        "--applet",
+        choices=APPLETS,
+        default="piv",
+        help="the application of the factory-fresh cards in slots without --card: "
+        "piv (default) or gids (an empty GIDS card, as a Windows virtual smart card "
+        "before personalisation)",
+    )
+    parser.add_argument(
         "--slots",
         type=int,
         metavar="N",
@@ -770,7 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (CardOpenError, StoreError, ValueError) as exc:
             log.error("cannot serve the card: %s", exc)
             return 2
-        cards += [default_card() for _ in range(slots - len(cards))]
+        cards += [default_card(applet=args.applet) for _ in range(slots - len(cards))]
         emulator = Emulator(
             cards,
             host=args.host,
