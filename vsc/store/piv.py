@@ -135,14 +135,6 @@ def admin_secret(key: ManagementKey) -> bytes:
     return b"piv-management-key\0" + bytes((key.key_type,)) + key.key
 
 
-def _info_name(slot: int) -> str:
-    return f"{_SLOT_PREFIX}{slot:02x}/info"
-
-
-def _key_name(slot: int) -> str:
-    return f"{_SLOT_PREFIX}{slot:02x}/key"
-
-
 def _object_name(tag: int) -> str:
     return f"{_OBJECT_PREFIX}{tag:06X}"
 
@@ -208,15 +200,24 @@ def _decode_private_key(slot: int, der: bytes) -> PrivateKey:
     return key
 
 
-def key_protection(slot: int, pin_policy: PinPolicy) -> str:
+def key_protection(slot: int, pin_policy: PinPolicy, binding: str = BINDING) -> str:
     """How the private key of ``slot`` is stored: PIN-bound unless anyone may use it."""
     if slot == ATTESTATION_SLOT or pin_policy is PinPolicy.NEVER:
         return CARD
-    return bound(BINDING)
+    return bound(binding)
 
 
 class StoredKeyStore(KeyStore):
-    """PIV private keys in a :class:`StoredCard`; PIN-protected ones sealed to the PIN binding."""
+    """PIV private keys in a :class:`StoredCard`; PIN-protected ones sealed to the PIN binding.
+
+    Another applet keeps its keys apart by giving its own :attr:`prefix` and
+    :attr:`binding` (GIDS: ``gids/key/``, ``gids``).
+    """
+
+    #: Where the slots' records live: ``<prefix><slot>/info`` and ``<prefix><slot>/key``.
+    prefix = _SLOT_PREFIX
+    #: The binding PIN-protected private keys are sealed to.
+    binding = BINDING
 
     def __init__(self, card: StoredCard) -> None:
         self._card = card
@@ -228,17 +229,26 @@ class StoredKeyStore(KeyStore):
     def __repr__(self) -> str:
         return f"<StoredKeyStore {self._card.name!r} slots={self._occupied_slots()}>"
 
+    def _info_name(self, slot: int) -> str:
+        return f"{self.prefix}{slot:02x}/info"
+
+    def _key_name(self, slot: int) -> str:
+        return f"{self.prefix}{slot:02x}/key"
+
+    def _protection(self, slot: int, pin_policy: PinPolicy) -> str:
+        return key_protection(slot, pin_policy, self.binding)
+
     def _load_info(self, slot: int) -> KeyInfo | None:
         if slot in self._infos:
             return self._infos[slot]
-        raw = self._card.get(_info_name(slot))
+        raw = self._card.get(self._info_name(slot))
         info = None if raw is None else _decode_info(slot, raw)
         self._infos[slot] = info
         return info
 
     def _load_private_key(self, slot: int) -> PrivateKey:
         try:
-            der = self._card.get(_key_name(slot))
+            der = self._card.get(self._key_name(slot))
         except BindingLocked:
             # The applet checked the PIN policy first, so this is a session whose PIN
             # status outlived the binding: ask for the PIN again.
@@ -255,19 +265,20 @@ class StoredKeyStore(KeyStore):
 
     def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> None:
         der = private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
-        replacing = self._card.protection_of(_key_name(slot)) is not None
+        replacing = self._card.protection_of(self._key_name(slot)) is not None
         self._infos.pop(slot, None)
         with self._card.transaction():
-            self._card.put(_info_name(slot), _encode_info(info))
-            self._card.put(_key_name(slot), der, protection=key_protection(slot, info.pin_policy))
+            self._card.put(self._info_name(slot), _encode_info(info))
+            protection = self._protection(slot, info.pin_policy)
+            self._card.put(self._key_name(slot), der, protection=protection)
             if replacing:
                 self._card.scrub()  # the old private key must not linger in the files
 
     def _erase(self, slot: int) -> None:
         self._infos.pop(slot, None)
         with self._card.transaction():
-            self._card.delete(_key_name(slot))
-            self._card.delete(_info_name(slot))
+            self._card.delete(self._key_name(slot))
+            self._card.delete(self._info_name(slot))
             self._card.scrub()
 
     def _move(self, src: int, dst: int) -> None:
@@ -275,14 +286,14 @@ class StoredKeyStore(KeyStore):
         self._infos.pop(src, None)
         self._infos.pop(dst, None)
         with self._card.transaction():
-            self._card.rename(_info_name(src), _info_name(dst))
-            self._card.rename(_key_name(src), _key_name(dst))
+            self._card.rename(self._info_name(src), self._info_name(dst))
+            self._card.rename(self._key_name(src), self._key_name(dst))
             self._card.scrub()
 
     def _occupied_slots(self) -> list[int]:
         slots = []
-        for name in self._card.names(_SLOT_PREFIX):
-            number, _, kind = name[len(_SLOT_PREFIX) :].partition("/")
+        for name in self._card.names(self.prefix):
+            number, _, kind = name[len(self.prefix) :].partition("/")
             if kind == "info":
                 slots.append(int(number, 16))
         return slots
