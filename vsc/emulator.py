@@ -71,7 +71,7 @@ from applets.gids import GIDS_ATR, GidsApplet
 from applets.piv import PivApplet
 
 from . import trace
-from .card import Card
+from .card import DEFAULT_ATR, Card
 from .lifecycle.audit import AuditLog
 from .store import (
     BackendSpec,
@@ -84,6 +84,8 @@ from .store import (
     default_store_path,
 )
 from .store import open_card as open_stored_card
+from .store.gids import has_gids, open_gids
+from .store.piv import RECORD as PIV_RECORD
 from .store.piv import open_piv
 from .store.store import CARDS_DIR
 from .vpcd import (
@@ -213,10 +215,23 @@ def _open_or_create(path: Path, name: str, backend: BackendSpec) -> StoredCard:
     return stored
 
 
+def _stored_applet(stored: StoredCard, applet: str | None) -> tuple[PivApplet | GidsApplet, bytes]:
+    """The application of a stored card and its ATR: what it holds, else ``applet`` (PIV)."""
+    held = "gids" if has_gids(stored) else "piv" if stored.get(PIV_RECORD) is not None else None
+    if held is not None and applet is not None and held != applet:
+        raise CardOpenError(f"card {stored.name!r} is a {held.upper()} card, not {applet.upper()}")
+    if (held or applet) == "gids":
+        return open_gids(stored), GIDS_ATR
+    return open_piv(stored), DEFAULT_ATR
+
+
 def open_card(
-    spec: str, backend: BackendSpec, *, store: Path | None = None
+    spec: str, backend: BackendSpec, *, store: Path | None = None, applet: str | None = None
 ) -> tuple[Card, StoredCard]:
     """The persistent card ``--card PATH|NAME`` names, created factory-fresh when missing.
+
+    A new card gets ``applet`` (PIV by default); an existing one keeps its own
+    (:class:`CardOpenError` if ``applet`` names another).
 
     Returns the card to serve and its store handle, which the caller closes
     once no thread uses the card any more. Raises :class:`vsc.store.StoreError`
@@ -229,13 +244,13 @@ def open_card(
         if info.kind == "plain":
             log.warning("card %r: --insecure-plain: its keys and PINs are NOT protected", name)
         log.info("card %r at %s: %s", name, path, info.summary)
-        applet = open_piv(stored)
+        card_applet, atr = _stored_applet(stored, applet)
         if path.parent.name == CARDS_DIR:
             # A card of a store: lifecycle events through its APDUs go to the store's audit
             # log (a managed card's lock and expiry are the applet's own business).
-            applet.events = AuditLog(path.parent.parent, via="emulator").card_hook(name)
-        card = Card()
-        card.register(applet, default=True)
+            card_applet.events = AuditLog(path.parent.parent, via="emulator").card_hook(name)
+        card = Card(atr=atr)
+        card.register(card_applet, default=True)
         card.register(EchoApplet())
     except BaseException:
         stored.close()
@@ -702,10 +717,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--applet",
         choices=APPLETS,
-        default="piv",
-        help="the application of the factory-fresh cards in slots without --card: "
-        "piv (default) or gids (an empty GIDS card, as a Windows virtual smart card "
-        "before personalisation)",
+        help="the card application: piv (the default) or gids (an empty GIDS card, as a "
+        "Windows virtual smart card before personalisation); for the fresh cards of slots "
+        "without --card and for a --card created now (a stored card keeps its own)",
     )
     parser.add_argument(
         "--slots",
@@ -756,7 +770,7 @@ def _open_cards(args: argparse.Namespace, stored: list[StoredCard]) -> list[Card
     backend = backend_from(tpm=args.tpm, key_file=args.key_file, insecure_plain=args.insecure_plain)
     cards = []
     for spec in args.card:
-        card, handle = open_card(spec, backend, store=args.store)
+        card, handle = open_card(spec, backend, store=args.store, applet=args.applet)
         stored.append(handle)
         cards.append(card)
     return cards
@@ -793,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (CardOpenError, StoreError, ValueError) as exc:
             log.error("cannot serve the card: %s", exc)
             return 2
-        cards += [default_card(applet=args.applet) for _ in range(slots - len(cards))]
+        cards += [default_card(applet=args.applet or "piv") for _ in range(slots - len(cards))]
         emulator = Emulator(
             cards,
             host=args.host,

@@ -49,6 +49,7 @@ __all__ = [
     "DfOp",
     "EfOp",
     "KeyOp",
+    "needs_user",
     "satisfied",
 ]
 
@@ -135,3 +136,12 @@ def satisfied(condition: int, *, user: bool, admin: bool) -> bool:
     if not wanted:
         return True  # an environment condition alone
     return all(wanted) if condition & _ALL else any(wanted)
+
+
+def needs_user(condition: int | None) -> bool:
+    """Whether nothing but a session with the user PIN can meet ``condition``."""
+    if condition is None or condition == ALWAYS:
+        return False
+    if condition == NEVER or not condition & _USER:
+        return condition == NEVER
+    return bool(condition & _ALL or not condition & _ADMIN)

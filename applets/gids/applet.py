@@ -76,7 +76,7 @@ from vsc.sw import (
 )
 from vsc.tlv import encode_tlv, parse_tlv, parse_tlvs
 
-from .acl import NEVER, AccessRules, DataOp, DfOp, EfOp, KeyOp, satisfied
+from .acl import NEVER, AccessRules, DataOp, DfOp, EfOp, KeyOp, needs_user, satisfied
 from .crypto import (
     ADMIN_KEY_LENGTHS,
     admin_block_size,
@@ -269,6 +269,12 @@ def _reference(p2: int) -> Reference:
         return Reference(p2)
     except ValueError:
         raise ApduError(SW.REFERENCE_NOT_FOUND, f"key reference {p2:02X}") from None
+
+
+def _pin_policy(file: GidsFile) -> PinPolicy:
+    """What the key store is told: a key only the PIN unlocks is sealed to the PIN (a
+    stored card's binding); any other is usable without it."""
+    return PinPolicy.ONCE if needs_user(file.rules.condition(KeyOp.USE)) else PinPolicy.NEVER
 
 
 def _plain_ecdsa(der: bytes, size: int) -> bytes:
@@ -590,7 +596,7 @@ class GidsApplet(Applet[Session]):
                 raise InvalidData("the administrator key is 3DES (24 bytes) or AES (16/32)")
             self.data.set_admin_key(file, value)
             log.info("administrator key %02X written", key_ref)
-            self.events("admin-key-set", {"key": f"{key_ref:02X}"})
+            self.events("admin-key-set", {"reference": f"{key_ref:02X}"})
             return b""
         self._require_operational("key import")
         if inner.get(TAG_KEY_TYPE, b"\x02") != b"\x02":
@@ -599,7 +605,7 @@ class GidsApplet(Applet[Session]):
         key_type = KeyType.of(private_key)
         if key_type not in KEY_TYPES.values():
             raise InvalidData(f"GIDS holds no {key_type.name} keys")
-        self.keys.import_key(key_ref, key_type, private_key, PinPolicy.ONCE, TouchPolicy.NEVER)
+        self.keys.import_key(key_ref, key_type, private_key, _pin_policy(file), TouchPolicy.NEVER)
         return b""
 
     # -- PIN and PUK ------------------------------------------------------------------
@@ -698,7 +704,7 @@ class GidsApplet(Applet[Session]):
             self._check_new_pin(value)
         else:
             _check_pin_length(value)
-        self.data.set_secret(ref, value)
+        self.data.set_secret(ref, value, by_admin=ref is Reference.PUK and not self.personalising)
         return b""
 
     @command(INS_RESET_RETRY)
@@ -729,13 +735,13 @@ class GidsApplet(Applet[Session]):
             self.data.restore_tries(Reference.PIN)
         else:
             self._check_new_pin(new)
-            self.data.set_secret(Reference.PIN, new)
+            self.data.set_secret(Reference.PIN, new, by_admin=how == "admin")
         # Nobody who was verified under the old PIN keeps that; the administrator logs out.
         self._epoch += 1
         session.sync(self._epoch)
         session.log_out()
         log.info("PIN unblocked with the %s", "administrator key" if how == "admin" else "PUK")
-        self.events("unblock", {"by": how})
+        self.events("unblock" if how == "admin" else "puk-unblock", {})
         return b""
 
     # -- MANAGE SECURITY ENVIRONMENT, PERFORM SECURITY OPERATION ----------------------
@@ -841,7 +847,7 @@ class GidsApplet(Applet[Session]):
             if algorithm in _UNSUPPORTED_ALGORITHMS:
                 raise ApduError(SW.FUNCTION_NOT_SUPPORTED, f"algorithm {algorithm:02X}")
             raise InvalidData(f"unknown algorithm {algorithm:02X}")
-        info = self.keys.generate(key_ref, key_type, PinPolicy.ONCE, TouchPolicy.NEVER)
+        info = self.keys.generate(key_ref, key_type, _pin_policy(file), TouchPolicy.NEVER)
         return encode_public_key(info)
 
     # -- GENERAL AUTHENTICATE: the administrator key ----------------------------------

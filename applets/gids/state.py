@@ -266,13 +266,23 @@ class GidsData:
             full = RetryCounter(tries.maximum, tries.maximum)
             self.commit(self._record.with_secret(ref, replace(secret, tries=full)))
 
-    def set_secret(self, ref: Reference, value: bytes, maximum: int | None = None) -> None:
-        """A new PIN or PUK with its counter full (``maximum`` tries, or as before)."""
-        old = self._record.secret(ref)
+    def set_secret(
+        self, ref: Reference, value: bytes, maximum: int | None = None, *, by_admin: bool = False
+    ) -> None:
+        """A new PIN or PUK with its counter full (``maximum`` tries, or as before).
+
+        ``by_admin``: the administrator key authorised it (an unblock, a new PUK), not
+        knowledge of the value it replaces; a stored card then opens its PIN binding
+        with the administrator's role.
+        """
+        self.commit(self._record.with_secret(ref, self._fresh(ref, value, maximum)))
+
+    def _fresh(self, ref: Reference, value: bytes, maximum: int | None) -> Secret:
+        """``value`` with a full counter of ``maximum`` tries (or as many as before)."""
         if maximum is None:
+            old = self._record.secret(ref)
             maximum = old.tries.maximum if old is not None else DEFAULT_TRIES
-        new = Secret(bytes(value), len(value), RetryCounter(maximum, maximum))
-        self.commit(self._record.with_secret(ref, new))
+        return Secret(bytes(value), len(value), RetryCounter(maximum, maximum))
 
     def split(self, ref: Reference, data: bytes) -> tuple[bytes, bytes]:
         """Old and new value of CHANGE REFERENCE DATA (or PUK and new PIN), cut at the held

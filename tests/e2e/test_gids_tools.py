@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,9 @@ from vsc.apdu import CommandApdu
 from vsc.testing import EmulatorProcess, PcscdEnv
 from vsc.tlv import encode_tlv, parse_dict, parse_tlv
 
-from .conftest import StartEmulator
+from .conftest import CARD_TIMEOUT, StartEmulator
 from .test_opensc_engine import send_apdus
+from .test_persistence import backend_flags, restart  # noqa: F401  (a fixture)
 from .test_piv_tools import CLIENT_TIMEOUT, openssl, pkcs11_module, program
 
 pytestmark = pytest.mark.e2e
@@ -265,3 +267,49 @@ def test_the_key_file_template_opensc_writes_is_what_vsc_writes(gids: Gids) -> N
     assert len(created) == 1
     fcp = bytes.fromhex(created[0].replace(" ", ""))[5:]
     assert fcp == key_file_fcp(0x81, 0x06, decipher=True)
+
+
+# -- a stored GIDS card -------------------------------------------------------------------------
+
+
+def test_a_stored_gids_card_survives_sigkill(
+    backend_flags: list[str],  # noqa: F811  (the fixture imported above)
+    start_emulator: StartEmulator,
+    pcscd: PcscdEnv,
+    tmp_path: Path,
+) -> None:
+    """Personalised, a key generated and a wrong PIN given; killed; restarted on the same store."""
+    args = ["-vv", "--card", "gids", "--store", str(tmp_path / "store"), *backend_flags]
+    emulator = start_emulator(*args, "--applet", "gids")
+    gids = Gids(pcscd, emulator, tmp_path)
+    gids.initialize()
+    gids.pkcs11("--login", "--pin", PIN, "--keypairgen", "--key-type", "rsa:2048",
+                "--label", "kept", "--usage-sign", "--usage-decrypt")  # fmt: skip
+    pub_der, pub = gids.path("pub.der"), gids.path("pub.pem")
+    gids.pkcs11("--read-object", "--type", "pubkey", "--id", "00", "-o", pub_der)
+    openssl("pkey", "-pubin", "-inform", "DER", "-in", pub_der, "-out", pub)
+    gids.pkcs11("--login", "--pin", "000000", "-O", returncode=1)
+
+    emulator = restart("sigkill", emulator, pcscd, start_emulator, args)  # no --applet: kept
+    gids.emulator = emulator
+
+    assert gids.run("opensc-tool", "-r", gids.reader, "-n").strip() == "GIDS Smart Card"
+    dump = gids.run("pkcs15-tool", "-r", gids.reader, "-D")
+    assert "Tries left     : 2" in dump and "Private RSA Key [kept]" in dump
+    data, signature = gids.path("data"), gids.path("signature")
+    data.write_bytes(b"signed after SIGKILL")
+    gids.pkcs11("--login", "--pin", PIN, "--sign", "--mechanism", "SHA256-RSA-PKCS",
+                "--id", "00", "-i", data, "-o", signature)  # fmt: skip
+    openssl("dgst", "-sha256", "-verify", pub, "-signature", signature, data)
+    assert "Tries left     : 3" in gids.run("pkcs15-tool", "-r", gids.reader, "-D")
+    assert emulator.stop() == 0
+    pcscd.wait_for_card(pcscd.reader(0), present=False, timeout=CARD_TIMEOUT)
+
+    # The card keeps its application: asking for PIV on it is refused, with the reason.
+    wrong = EmulatorProcess(pcscd.vpcd_port(0), *args, "--applet", "piv")
+    wrong.start()
+    deadline = time.monotonic() + CLIENT_TIMEOUT
+    while wrong.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wrong.stop() == 2
+    assert "is a GIDS card, not PIV" in wrong.log_text()

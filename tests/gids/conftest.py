@@ -11,6 +11,8 @@ from applets.gids.host import CardError, initialize, send
 from vsc import Card
 from vsc.apdu import CommandApdu
 
+from ..store.conftest import backend, clock, store, swtpm  # noqa: F401  (the store's fixtures)
+
 PIN = b"123456"
 ADMIN_KEY = bytes(range(1, 9)) * 3
 CARDID = bytes(range(16))

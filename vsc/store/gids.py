@@ -1,0 +1,372 @@
+"""The GIDS applet over the card store: files, keys, PIN/PUK and counters, each change durable.
+
+An adapter between :mod:`applets.gids` (which knows nothing of files or TPMs)
+and :class:`vsc.store.StoredCard`, as :mod:`vsc.store.piv` is for PIV.
+:func:`open_gids` returns the applet of a stored card, provisioning a
+factory-empty GIDS card the first time.
+
+Theory of operation
+-------------------
+Records of a card (``vsc.store`` names, protections)::
+
+    gids/record            CARD   serial, life cycle, PIN/PUK lengths and counters,
+                                  the administrator counter, PIN policy
+    gids/file/A010         CARD   one per file: FCP, state, data objects; B080's holds
+                                  the administrator key
+    gids/key/81/info       CARD   key type, origin, public key
+    gids/key/81/key        bound("gids"), or CARD for a key usable without the PIN
+
+**Commits.** :class:`StoredGidsStore` is the applet's commit point: the
+record and the files that changed are written in one transaction, so a
+retry counter is durable before the comparison it pays for.
+
+**Personalisation.** A factory card has no PIN, so nothing can be bound to
+one yet: while the application is in its creation state the PIN and PUK
+*values* are kept in ``gids/record`` (under the card key, like everything of
+a card being personalised; no key can exist yet). ACTIVATE FILE on the
+application creates the binding ``gids`` in the same transaction that
+blanks the values: roles ``pin``, ``puk`` (if set) and ``admin`` (a value
+derived from the administrator key, if set), and scrubs the old record
+versions from the files.
+
+**PIN binding.** From then on the values are never stored: VERIFY asks the
+backend to unseal the ``pin`` role (with a TPM, the TPM compares and its
+dictionary-attack logic counts the failure), a refused-without-comparing
+try (lockout) is given back and answered ``6985``. A correct PIN or PUK
+unlocks the binding; :class:`StoredGidsApplet` locks it again after every
+command and session end that leaves no channel with the PIN verified.
+
+**Changes.** A PIN change re-seals ``pin`` with the binding opened by the
+old PIN; an unblock or a new PUK authorised by the administrator key opens
+it with the ``admin`` role; a new administrator key re-seals ``admin``. The
+card keeps its administrator key (under the card key: GENERAL AUTHENTICATE
+needs it without any PIN), so whoever can read the card key can open the
+``admin`` role: the PIN-bound keys of a GIDS card are as safe as its card
+key (as with PIV's managed cards, docs/lifecycle.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from types import MappingProxyType
+
+from applets.gids.applet import GidsApplet
+from applets.gids.files import GidsFile, LifeCycle
+from applets.gids.security import Session
+from applets.gids.state import (
+    GidsData,
+    GidsRecord,
+    Reference,
+    Secret,
+    file_from_dict,
+    file_to_dict,
+    random_serial,
+)
+from applets.piv.keys import PinPolicy
+from vsc.apdu import CommandApdu
+from vsc.applet import Response
+from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
+
+from .card import CARD, StoredCard, bound
+from .errors import AuthFailed, BackendUnavailable, BindingLocked, CorruptStore, LockedOut
+from .piv import StoredKeyStore
+
+__all__ = [
+    "ADMIN_ROLE",
+    "BINDING",
+    "RECORD",
+    "StoredGidsApplet",
+    "StoredGidsData",
+    "StoredGidsKeyStore",
+    "StoredGidsStore",
+    "admin_secret",
+    "has_gids",
+    "open_gids",
+]
+
+#: The binding sealed under the PIN (role "pin"), the PUK ("puk") and the admin key.
+BINDING = "gids"
+ADMIN_ROLE = "admin"
+RECORD = "gids/record"
+_FILE_PREFIX = "gids/file/"
+_KEY_PREFIX = "gids/key/"
+_ROLES = {Reference.PIN: "pin", Reference.PUK: "puk"}
+
+
+def admin_secret(key: bytes) -> bytes:
+    """What the ``admin`` role is sealed under: the administrator key, labelled."""
+    return b"gids-admin-key\0" + key
+
+
+def _file_name(fid: int) -> str:
+    return f"{_FILE_PREFIX}{fid:04X}"
+
+
+def _blank(secret: Secret | None) -> Secret | None:
+    return None if secret is None else replace(secret, value=b"")
+
+
+def _storable(record: GidsRecord) -> GidsRecord:
+    """What ``gids/record`` holds: no values once the binding holds them."""
+    if record.state is LifeCycle.CREATION:
+        return record
+    return replace(record, pin=_blank(record.pin), puk=_blank(record.puk))
+
+
+class StoredGidsKeyStore(StoredKeyStore):
+    """GIDS private keys (slots are key references), PIN-protected ones sealed to ``gids``."""
+
+    prefix = _KEY_PREFIX
+    binding = BINDING
+
+    def _protection(self, slot: int, pin_policy: PinPolicy) -> str:
+        return CARD if pin_policy is PinPolicy.NEVER else bound(BINDING)
+
+
+class StoredGidsStore:
+    """The applet's commit point: ``save`` writes the record and changed files, durably."""
+
+    def __init__(self, card: StoredCard) -> None:
+        self._card = card
+        self._saved: GidsRecord | None = None
+
+    def save(self, record: GidsRecord) -> None:
+        previous = self._saved
+        old_files: Mapping[int, GidsFile] = previous.files if previous is not None else {}
+        # PIN/PUK values of a card being personalised changed, or were blanked by activation.
+        scrub = (
+            previous is not None
+            and previous.state is LifeCycle.CREATION
+            and (
+                (previous.pin, previous.puk, previous.state)
+                != (record.pin, record.puk, record.state)
+            )
+        )
+        with self._card.transaction():
+            self._card.put(RECORD, _storable(record).to_json(with_files=False).encode())
+            for fid in old_files.keys() - record.files.keys():
+                self._card.delete(_file_name(fid))
+                scrub = True
+            for fid, file in record.files.items():
+                old = old_files.get(fid)
+                if old is not file:
+                    self._card.put(_file_name(fid), json.dumps(file_to_dict(file)).encode())
+                    scrub = scrub or (old is not None and old.secret is not None)
+            if scrub:
+                # Old PIN values (creation state), administrator keys and deleted files
+                # must not linger in the database's free pages.
+                self._card.scrub()
+        self._saved = record
+
+    def forget(self, record: GidsRecord) -> None:
+        """A transaction around :meth:`save` rolled back: ``record`` is what is stored."""
+        self._saved = record
+
+    def load(self) -> GidsRecord | None:
+        """The stored record with its files, or None for a card without GIDS data."""
+        raw = self._card.get(RECORD)
+        if raw is None:
+            return None
+        files: dict[int, GidsFile] = {}
+        try:
+            for name in self._card.names(_FILE_PREFIX):
+                value = self._card.get(name)
+                if value is None:
+                    continue
+                file = file_from_dict(json.loads(value))
+                if _file_name(file.fid) != name:
+                    raise ValueError(f"record {name!r} holds file {file.fid:04X}")
+                files[file.fid] = file
+            record = GidsRecord.from_json(raw.decode(), MappingProxyType(files))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptStore(f"card {self._card.name!r}: GIDS data unreadable: {e}") from None
+        self._saved = record
+        return record
+
+
+class StoredGidsData(GidsData):
+    """GIDS data whose PIN and PUK are checked by the backend through the PIN binding."""
+
+    def __init__(self, card: StoredCard, record: GidsRecord, store: StoredGidsStore) -> None:
+        super().__init__(record, store=store)
+        self._card = card
+        self._stored = store
+
+    @contextlib.contextmanager
+    def _group(self) -> Iterator[None]:
+        """Changes to the binding and the record, committed together or not at all."""
+        before = self.record
+        try:
+            with self._card.transaction():
+                yield
+        except BaseException:
+            self._record = before
+            self._stored.forget(before)
+            raise
+
+    # -- the PIN binding ------------------------------------------------------------
+
+    def matches(self, ref: Reference, candidate: bytes) -> bool:
+        """Whether ``candidate`` unseals the binding's role (the backend compares).
+
+        The applet has already committed the decremented counter. A try the
+        anti-hammering refused without comparing is given back: ``6985``.
+        """
+        if self.state is LifeCycle.CREATION:
+            return super().matches(ref, candidate)
+        try:
+            self._card.unlock(BINDING, _ROLES[ref], candidate)
+        except KeyError:
+            raise CorruptStore(f"the {ref.name} has no seal in binding {BINDING!r}") from None
+        except AuthFailed:
+            return False
+        except LockedOut as e:
+            self._give_back(ref)
+            raise ConditionsNotSatisfied(f"{ref.name} not checked: {e}") from None
+        except BackendUnavailable as e:
+            if not e.compared:  # a TPM outage must not block the PIN
+                self._give_back(ref)
+            raise
+        return True
+
+    def _give_back(self, ref: Reference) -> None:
+        secret = self.secret(ref)
+        assert secret is not None
+        tries = secret.tries
+        restored = replace(tries, remaining=min(tries.maximum, tries.remaining + 1))
+        self.commit(self.record.with_secret(ref, replace(secret, tries=restored)))
+
+    @contextlib.contextmanager
+    def _opened(self, *, by_admin: bool) -> Iterator[None]:
+        """The binding open for a change: already (PIN or PUK checked), or by the admin role."""
+        if self._card.is_unlocked(BINDING):
+            yield
+            return
+        key = self.record.admin_key
+        if not by_admin or key is None or key.secret is None:
+            raise SecurityStatusNotSatisfied("this change needs the PIN binding open")
+        try:
+            self._card.unlock(BINDING, ADMIN_ROLE, admin_secret(key.secret))
+        except KeyError:
+            raise ConditionsNotSatisfied("this card's binding has no administrator role") from None
+        except AuthFailed:
+            raise CorruptStore("the admin role does not match the administrator key") from None
+        except LockedOut as e:
+            raise ConditionsNotSatisfied(f"the admin role was not checked: {e}") from None
+        try:
+            yield
+        finally:
+            self._card.lock(BINDING)
+
+    def set_secret(
+        self, ref: Reference, value: bytes, maximum: int | None = None, *, by_admin: bool = False
+    ) -> None:
+        """Creation state: kept in the record. After: the binding re-sealed, no value kept."""
+        if self.state is LifeCycle.CREATION:
+            super().set_secret(ref, value, maximum)
+            return
+        blank = replace(self._fresh(ref, value, maximum), value=b"")
+        try:
+            with self._opened(by_admin=by_admin), self._group():
+                self._card.rebind(BINDING, _ROLES[ref], value)
+                self.commit(self.record.with_secret(ref, blank))
+        except BindingLocked:
+            raise SecurityStatusNotSatisfied(f"{ref.name} change needs the binding") from None
+
+    def activate(self) -> None:
+        """Personalisation is over: the binding is created from the values, which go."""
+        record = self.record
+        if record.pin is None:
+            raise ConditionsNotSatisfied("no PIN to bind to")
+        roles = {"pin": record.pin.value}
+        if record.puk is not None:
+            roles["puk"] = record.puk.value
+        key = record.admin_key
+        if key is not None and key.secret is not None:
+            roles[ADMIN_ROLE] = admin_secret(key.secret)
+        try:
+            with self._group():
+                if BINDING in self._card.bindings():
+                    self._card.delete_binding(BINDING)  # a half-made one: not to be trusted
+                self._card.create_binding(BINDING, roles)
+                self.commit(_storable(replace(record, state=LifeCycle.OPERATIONAL)))
+        finally:
+            self._card.lock(BINDING)
+
+    def set_admin_key(self, file: GidsFile, key: bytes) -> None:
+        """A new administrator key; on an operational card the ``admin`` role follows it."""
+        if self.state is LifeCycle.CREATION:
+            super().set_admin_key(file, key)
+            return
+        with self._opened(by_admin=True), self._group():
+            self._card.rebind(BINDING, ADMIN_ROLE, admin_secret(key))
+            super().set_admin_key(file, key)
+
+
+# -- the applet -----------------------------------------------------------------------------
+
+
+class StoredGidsApplet(GidsApplet):
+    """The GIDS applet of a stored card: locks the PIN binding when no channel has the PIN."""
+
+    def __init__(self, card: StoredCard, data: StoredGidsData) -> None:
+        self.stored_card = card
+        self._sessions: list[Session] = []
+        super().__init__(StoredGidsKeyStore(card), data=data)
+
+    def new_session(self) -> Session:
+        session = super().new_session()
+        self._sessions.append(session)
+        return session
+
+    def deselect(self, session: Session) -> None:
+        try:
+            super().deselect(session)
+        finally:
+            self._sessions = [s for s in self._sessions if s is not session]
+            self._relock()
+
+    def process(self, apdu: CommandApdu, session: Session) -> bytes | Response:
+        try:
+            return super().process(apdu, session)
+        finally:
+            self._relock()
+
+    def _relock(self) -> None:
+        # A session only loses PIN status behind the binding's back, never gains it; one
+        # of an older epoch (an unblock since) has lost it already.
+        if not any(s.pin_verified and s.epoch == self._epoch for s in self._sessions):
+            self.stored_card.lock(BINDING)
+
+
+def has_gids(card: StoredCard) -> bool:
+    """Whether ``card`` holds GIDS data."""
+    return card.get(RECORD) is not None
+
+
+def open_gids(card: StoredCard, *, serial: int | None = None) -> StoredGidsApplet:
+    """The GIDS applet of ``card``; a card without GIDS data becomes a factory-empty one.
+
+    Provisioning is one transaction: a card killed halfway has no GIDS data and is
+    provisioned again at the next open.
+    """
+    store = StoredGidsStore(card)
+    record = store.load()
+    if record is not None:
+        if serial is not None and serial != record.serial:
+            raise ValueError(f"serial {serial} differs from the card's {record.serial}")
+        card.lock(BINDING)
+        return StoredGidsApplet(card, StoredGidsData(card, record, store))
+    fresh = GidsRecord.factory(serial if serial is not None else random_serial())
+    with card.transaction():
+        # Leftovers of another program (no GIDS record): not a card we can trust.
+        if BINDING in card.bindings():
+            card.delete_binding(BINDING)
+        for name in card.names("gids/"):
+            card.delete(name)
+        data = StoredGidsData(card, fresh, store)
+        data.commit(fresh)
+    return StoredGidsApplet(card, data)
