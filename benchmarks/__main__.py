@@ -18,6 +18,7 @@ from .report import GroupResult, format_group, format_targets, git_revision, wri
 #: Group name -> module; each module has ``run(ctx) -> GroupResult``.
 GROUPS: dict[str, str] = {
     "engine": "benchmarks.engine",
+    "gids": "benchmarks.gids",
     "e2e": "benchmarks.e2e",
     "cards": "benchmarks.cards",
     "tpm": "benchmarks.tpm",

@@ -96,9 +96,10 @@ def data_file_fcp(fid: int, rules: bytes) -> bytes:
 def key_file_fcp(key_ref: int, algorithm: int, *, decipher: bool) -> bytes:
     """A container's key file: generated, replaced and used by the user, public part public.
 
-    Signature templates for raw and PKCS#1 padding (and, with ``decipher``,
+    RSA: signature templates for raw and PKCS#1 padding (and, with ``decipher``,
     decipherment templates for raw, PKCS#1 and OAEP), as the minidriver and OpenSC
-    write them for a key exchange or signature key.
+    write them for a key exchange or signature key. ECC (``0A``-``0E``): one
+    signature template with the bare algorithm (no padding to choose).
     """
 
     def crt(tag: int, alg: int) -> bytes:
@@ -109,8 +110,11 @@ def key_file_fcp(key_ref: int, algorithm: int, *, decipher: bool) -> bytes:
             + encode_tlv(0x95, b"\x40"),
         )
 
-    templates = crt(0xB6, 0x10 | algorithm) + crt(0xB6, 0x50 | algorithm)
-    if decipher:
+    if algorithm >= 0x0A:
+        templates = crt(0xB6, algorithm)
+    else:
+        templates = crt(0xB6, 0x10 | algorithm) + crt(0xB6, 0x50 | algorithm)
+    if decipher and algorithm < 0x0A:
         templates = (
             crt(0xB8, algorithm)
             + crt(0xB8, 0x80 | algorithm)

@@ -217,6 +217,10 @@ class GidsData:
     def __init__(self, record: GidsRecord | None = None, *, store: GidsStore | None = None) -> None:
         self._record = record if record is not None else GidsRecord.factory(random_serial())
         self._store: GidsStore = store if store is not None else MemoryStore()
+        # (record before a try, the same record with the try spent, the reference): a
+        # right VERIFY goes from the first to the second and back, so the next one reuses
+        # both instead of building two records (records are immutable).
+        self._spent: tuple[GidsRecord, GidsRecord, Reference] | None = None
 
     @property
     def record(self) -> GidsRecord:
@@ -246,13 +250,22 @@ class GidsData:
 
     def consume_try(self, ref: Reference) -> int:
         """Decrement the counter (committed) before a comparison; returns what is left."""
-        secret = self._require(ref)
-        tries = secret.tries
-        if tries.remaining == 0:
-            raise ValueError(f"{ref.name} is blocked")
-        spent = replace(secret, tries=RetryCounter(tries.maximum, tries.remaining - 1))
-        self.commit(self._record.with_secret(ref, spent))
-        return spent.tries.remaining
+        before = self._record
+        cached = self._spent
+        if cached is not None and cached[0] is before and cached[2] is ref:
+            after = cached[1]  # made from this very record, which had a try left
+        else:
+            secret = self._require(ref)
+            tries = secret.tries
+            if tries.remaining == 0:
+                raise ValueError(f"{ref.name} is blocked")
+            spent = replace(secret, tries=RetryCounter(tries.maximum, tries.remaining - 1))
+            after = before.with_secret(ref, spent)
+            self._spent = (before, after, ref)
+        self.commit(after)
+        remaining = after.secret(ref)
+        assert remaining is not None
+        return remaining.tries.remaining
 
     def matches(self, ref: Reference, candidate: bytes) -> bool:
         """Constant-time comparison (of digests: lengths do not show) with the value held."""
@@ -262,9 +275,16 @@ class GidsData:
         """After a correct value: the counter back to its maximum."""
         secret = self._require(ref)
         tries = secret.tries
-        if tries.remaining != tries.maximum:
-            full = RetryCounter(tries.maximum, tries.maximum)
-            self.commit(self._record.with_secret(ref, replace(secret, tries=full)))
+        if tries.remaining == tries.maximum:
+            return
+        cached = self._spent
+        if cached is not None and cached[1] is self._record and cached[2] is ref:
+            before = cached[0].secret(ref)
+            if before is not None and before.tries.remaining == tries.maximum:
+                self.commit(cached[0])  # only the counter differed: this is the full record
+                return
+        full = RetryCounter(tries.maximum, tries.maximum)
+        self.commit(self._record.with_secret(ref, replace(secret, tries=full)))
 
     def set_secret(
         self, ref: Reference, value: bytes, maximum: int | None = None, *, by_admin: bool = False

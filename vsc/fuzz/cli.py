@@ -21,6 +21,7 @@ from pathlib import Path
 from . import libfuzzer
 from .campaign import Fuzzer, Summary, load_seeds, replay
 from .coverage import LineCoverage
+from .gids import gids_authenticate, gids_card, gids_probe, gids_seeds
 from .harness import DEFAULT_TIMEOUT, Harness
 from .inputs import FuzzInput
 from .seeds import write_seeds
@@ -34,6 +35,13 @@ DEFAULT_CORPUS = (_ROOT / "fixtures" / "corpus", _ROOT / "fixtures" / "transcrip
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m vsc.fuzz", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--target",
+        choices=("piv", "gids"),
+        default="piv",
+        help="the card: PIV (default; seeds from the corpus) or an empty GIDS card (seeds "
+        "recorded from vsc's own GIDS flows)",
+    )
     p.add_argument("--iterations", type=int, help="inputs to run (default 10000 if no --seconds)")
     p.add_argument("--seconds", type=float, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
@@ -75,9 +83,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path)
         return 0
     if args.replay:
-        return _replay_main(args.replay, args.timeout)
-    seeds = load_seeds(args.corpus or DEFAULT_CORPUS)
+        return _replay_main(args.replay, harness(args))
+    if args.target == "gids":
+        seeds = list(gids_seeds().values()) + (load_seeds(args.corpus) if args.corpus else [])
+    else:
+        seeds = load_seeds(args.corpus or DEFAULT_CORPUS)
     engine = args.engine
+    if engine != "plain" and args.target != "piv":
+        if args.engine == "atheris":
+            print("the atheris engine fuzzes the PIV card only", file=sys.stderr)
+            return 2
+        engine = "plain"
     if engine == "auto":
         engine = "atheris" if libfuzzer.available() else "plain"
     if engine == "atheris":
@@ -101,13 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if summary.violations else 0
 
 
+def harness(args: argparse.Namespace) -> Harness:
+    """The harness of ``--target``: its card, probe and AUTHENTICATE macro."""
+    if args.target == "gids":
+        return Harness(gids_card, gids_probe, timeout=args.timeout, authenticate=gids_authenticate)
+    return Harness(timeout=args.timeout)
+
+
 def _plain(
     args: argparse.Namespace, seeds: list[FuzzInput], seed: int, iterations: int | None
 ) -> Summary:
-    harness = Harness(timeout=args.timeout)
     coverage = LineCoverage() if args.coverage_every else None
     fuzzer = Fuzzer(
-        harness,
+        harness(args),
         seeds,
         seed=seed,
         crash_dir=Path(args.crash_dir),
@@ -155,10 +177,10 @@ def run_jobs(args: argparse.Namespace, seeds: list[FuzzInput]) -> Summary:
     return total
 
 
-def _replay_main(paths: Sequence[Path], timeout: float) -> int:
+def _replay_main(paths: Sequence[Path], harness: Harness) -> int:
     failed = 0
     for path in paths:
-        outcome, log = replay(path, Harness(timeout=timeout))
+        outcome, log = replay(path, harness)
         print(f"== {path}")
         print("\n".join(log))
         print(f"-> {outcome.violation or 'no violation'}")

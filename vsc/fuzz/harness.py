@@ -48,6 +48,8 @@ DEFAULT_TIMEOUT = 30.0
 
 CardFactory = Callable[[], Card]
 Probe = Callable[["Run"], None]
+#: Plays an AUTHENTICATE step (its data) on a run: the target's administrator macro.
+Authenticate = Callable[["Run", bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,13 +165,21 @@ class Harness:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         internal_errors_are_violations: bool = True,
+        authenticate: Authenticate | None = None,
     ) -> None:
         self.factory = factory
         self.probe = probe
+        #: How AUTHENTICATE steps are played (default: PIV's GA 9B mutual authentication).
+        self.authenticate = authenticate
         self.watchdog = Watchdog(timeout)
         self.strict = internal_errors_are_violations
         self._errors = _ErrorCatcher()
         self._log = logging.getLogger("vsc")
+        # The applets' own warnings (a wrong PIN, a wrong administrator key) are what
+        # fuzzing provokes by the thousand: kept off stderr while the harness runs.
+        self._applets = logging.getLogger("applets")
+        self._applets_saved = True
+        self._quiet = logging.NullHandler()
         self._saved = True
         self._entered = 0
 
@@ -179,6 +189,9 @@ class Harness:
             self._saved = self._log.propagate
             self._log.addHandler(self._errors)
             self._log.propagate = False  # a 6F00 traceback per input would flood stderr
+            self._applets_saved = self._applets.propagate
+            self._applets.addHandler(self._quiet)
+            self._applets.propagate = False
         self._entered += 1
         return self
 
@@ -187,6 +200,8 @@ class Harness:
         if not self._entered:
             self._log.removeHandler(self._errors)
             self._log.propagate = self._saved
+            self._applets.removeHandler(self._quiet)
+            self._applets.propagate = self._applets_saved
             self.watchdog.__exit__()
 
     def run(self, steps: Sequence[Step], log: list[str] | None = None) -> Outcome:
@@ -272,7 +287,10 @@ class Run:
         if step.kind is StepKind.APDU:
             self.transmit(step.data)
         elif step.kind is StepKind.AUTHENTICATE:
-            self._authenticate(step.data)
+            if self.harness.authenticate is not None:
+                self.harness.authenticate(self, step.data)
+            else:
+                self._authenticate(step.data)
         else:
             self.power(step.kind)
 
