@@ -20,7 +20,10 @@ its log, attached to a failure) and personalises the card it needs.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -313,3 +316,30 @@ def test_a_stored_gids_card_survives_sigkill(
         time.sleep(0.05)
     assert wrong.stop() == 2
     assert "is a GIDS card, not PIV" in wrong.log_text()
+
+
+def test_a_card_made_by_vsc_create_serves_opensc(
+    start_emulator: StartEmulator, pcscd: PcscdEnv, tmp_path: Path
+) -> None:
+    """tpmvscmgr's workflow: vsc create --applet gids, then the card in a reader."""
+    store = tmp_path / "store"
+    created = subprocess.run(
+        [sys.executable, "-m", "vsc.cli", "create", "vsc-made", "--applet", "gids",
+         "--pin", NEW_PIN, "--admin-key", NEW_ADMIN_KEY, "--puk", "default", "--json",
+         "--store", str(store), "--insecure-plain"],
+        capture_output=True, text=True, timeout=CLIENT_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    cardid = json.loads(created.stdout)["cardid"]
+    emulator = start_emulator(
+        "-vv", "--card", "vsc-made", "--store", str(store), "--insecure-plain"
+    )
+    gids = Gids(pcscd, emulator, tmp_path)
+    dump = gids.run("pkcs15-tool", "-r", gids.reader, "-D")
+    assert f"Serial number  : {cardid}" in dump and "PIN [PUK]" in dump
+    gids.pkcs11("--login", "--pin", NEW_PIN, "--keypairgen", "--key-type", "rsa:2048",
+                "--usage-sign")  # fmt: skip
+    for _ in range(3):
+        gids.pkcs11("--login", "--pin", "00000000", "-O", returncode=1)
+    gids.gids_tool("-U", "--admin-key", NEW_ADMIN_KEY, "--pin", PIN + "78")
+    gids.pkcs11("--login", "--pin", PIN + "78", "-O")

@@ -51,9 +51,11 @@ from vsc.store import (
 )
 from vsc.sw import ApduError
 
+from . import gids_cli
 from .audit import AuditLog
 from .certs import ProvisioningError
 from .errors import LifecycleError, Refused
+from .gids import is_gids_challenge
 from .manager import DEFAULT_CAPACITY, CardManager, CardReport, Pending, parse_admin_key
 from .offline import MistypedCode, Purpose, Request, compute_response, describe_minutes
 from .profiles import DEFAULT_PROFILE, PROFILES
@@ -144,6 +146,13 @@ def register(subparsers: Subparsers) -> None:
 
     create = add("create", _create, "create and personalise a managed card (tpmvscmgr create)")
     create.add_argument("name", help="the card's name in the store")
+    create.add_argument(
+        "--applet",
+        choices=("piv", "gids"),
+        default="piv",
+        help="piv (default): a managed PIV card; gids: a GIDS card as tpmvscmgr makes it"
+        " (PIN default 12345678, no PUK unless --puk, PIN policy 8-127 by default)",
+    )
     _pin_options(create, "the user PIN (default: the factory PIN 123456, if the policy allows)")
     create.add_argument(
         "--puk",
@@ -458,6 +467,8 @@ def _dump(value: Any) -> None:
 @_guarded
 def _create(args: argparse.Namespace) -> int:
     manager = _manager(args)
+    if args.applet == "gids":
+        return gids_cli.create(args, manager, _pin(args, "User PIN: "))
     profile = PROFILES[args.profile]
     classes = {name: getattr(args, name) for name in CLASSES if getattr(args, name) is not None}
     rules: PinRules | None = None
@@ -538,7 +549,10 @@ def _list(args: argparse.Namespace) -> int:
 
 @_guarded
 def _info(args: argparse.Namespace) -> int:
-    report = _manager(args).info(args.name)
+    manager = _manager(args)
+    if gids_cli.holds(manager, args.name):
+        return gids_cli.info(args, manager)
+    report = manager.info(args.name)
     if args.json:
         _dump(dataclasses.asdict(report))
         return EXIT_OK
@@ -659,6 +673,8 @@ def _unlock(args: argparse.Namespace) -> int:
 @_guarded
 def _unblock(args: argparse.Namespace) -> int:
     manager = _manager(args)
+    if gids_cli.holds(manager, args.name):
+        return gids_cli.unblock(args, manager, _pin(args, "New PIN: "))
     response = args.response
     if response is None:
         pending = manager.begin_unblock(args.name)
@@ -677,6 +693,8 @@ def _unblock(args: argparse.Namespace) -> int:
 @_guarded
 def _respond(args: argparse.Namespace) -> int:
     key = _admin_key(args)
+    if is_gids_challenge(args.challenge):
+        return gids_cli.respond(args.challenge, key.key)
     try:
         request = Request.decode(args.challenge)
     except MistypedCode as e:

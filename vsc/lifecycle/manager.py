@@ -61,6 +61,7 @@ from applets.piv.state import DEFAULT_PIN, DEFAULT_PUK, PIN_BLOCK_SIZE, Referenc
 from vsc.store import BackendSpec, CardStore, StoredCard
 from vsc.store.db import read_meta
 from vsc.store.errors import CardExists, CardNotFound, CorruptStore, StoreError
+from vsc.store.gids import has_gids
 from vsc.store.piv import BINDING, StoredPivApplet, StoredPivData, open_piv
 from vsc.sw import ApduError
 from vsc.tlv import parse_tlvs
@@ -334,6 +335,8 @@ class CardManager:
     def _open(self, name: str) -> Iterator[tuple[StoredCard, StoredPivApplet, StoredPivData]]:
         stored = self.store.open(name, self._backend())
         try:
+            if has_gids(stored):  # never provision PIV data onto a GIDS card
+                raise LifecycleError(f"card {name!r} is a GIDS card: not for this command")
             applet = open_piv(stored)
             applet.wall_clock = self.store.clock.now
             applet.events = self.audit.card_hook(name)
