@@ -32,7 +32,7 @@ from applets.gids.state import Reference
 from vsc import Card
 from vsc.apdu import CommandApdu
 from vsc.lifecycle import AuditLog
-from vsc.store import BackendSpec, CardStore, StoredCard, bound
+from vsc.store import BackendSpec, CardStore, CorruptStore, StoredCard, bound
 from vsc.store.gids import BINDING, RECORD, StoredGidsApplet, open_gids
 from vsc.store.store import CARD_DB
 from vsc.tlv import parse_dict, parse_tlv
@@ -241,3 +241,16 @@ def test_security_events_reach_the_audit_log(cards: Cards, tmp_path: Path) -> No
     assert PIN.decode() not in text and NEW_PIN.decode() not in text
     for secret in (PIN, NEW_PIN, ADMIN, NEW_ADMIN):
         assert secret.hex() not in text.lower()
+
+
+def test_a_card_missing_its_record_is_refused_not_reset(cards: Cards) -> None:
+    card, _ = cards.personalised()
+    card.stored.delete(RECORD)
+    card.close()
+    stored = cards.store.open("alice", cards.backend)
+    try:
+        with pytest.raises(CorruptStore, match="GIDS data without its record"):
+            open_gids(stored)
+        assert stored.names("gids/key/")  # nothing was wiped
+    finally:
+        stored.close()

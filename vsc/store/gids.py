@@ -351,7 +351,8 @@ def open_gids(card: StoredCard, *, serial: int | None = None) -> StoredGidsApple
     """The GIDS applet of ``card``; a card without GIDS data becomes a factory-empty one.
 
     Provisioning is one transaction: a card killed halfway has no GIDS data and is
-    provisioned again at the next open.
+    provisioned again at the next open. GIDS records or a GIDS binding without the
+    GIDS record are damage, not an empty card: :class:`CorruptStore`, nothing wiped.
     """
     store = StoredGidsStore(card)
     record = store.load()
@@ -360,13 +361,14 @@ def open_gids(card: StoredCard, *, serial: int | None = None) -> StoredGidsApple
             raise ValueError(f"serial {serial} differs from the card's {record.serial}")
         card.lock(BINDING)
         return StoredGidsApplet(card, StoredGidsData(card, record, store))
+    leftovers = card.names("gids/")
+    if leftovers or BINDING in card.bindings():
+        raise CorruptStore(
+            f"card {card.name!r} at {card.path}: GIDS data without its record"
+            f" ({', '.join(leftovers[:3]) or 'the binding ' + BINDING}...): refusing to reset it"
+        )
     fresh = GidsRecord.factory(serial if serial is not None else random_serial())
     with card.transaction():
-        # Leftovers of another program (no GIDS record): not a card we can trust.
-        if BINDING in card.bindings():
-            card.delete_binding(BINDING)
-        for name in card.names("gids/"):
-            card.delete(name)
         data = StoredGidsData(card, fresh, store)
         data.commit(fresh)
     return StoredGidsApplet(card, data)
