@@ -74,7 +74,7 @@ from vsc.sw import (
     SecurityStatusNotSatisfied,
     WrongLength,
 )
-from vsc.tlv import encode_tlv, parse_tlv, parse_tlvs
+from vsc.tlv import encode_tlv, parse_dict, parse_tlv
 
 from .acl import NEVER, AccessRules, DataOp, DfOp, EfOp, KeyOp, needs_user, satisfied
 from .crypto import (
@@ -240,16 +240,6 @@ def _ignore(event: str, details: Mapping[str, object]) -> None:
 def _wrong(left: int, what: str) -> ApduError:
     # 63Cx even when x reaches 0; 6983 is for "already blocked".
     return ApduError(SW.VERIFY_FAIL_NO_RETRY | min(left, 15), f"wrong {what}")
-
-
-def _items(data: bytes) -> dict[int, bytes]:
-    """TLVs by tag; a repeated tag is ``6A80``."""
-    items: dict[int, bytes] = {}
-    for tlv in parse_tlvs(data):
-        if tlv.tag in items:
-            raise InvalidData(f"tag {tlv.tag:X} repeated")
-        items[tlv.tag] = tlv.value
-    return items
 
 
 def _byte(items: dict[int, bytes], tag: int, what: str) -> int:
@@ -474,6 +464,9 @@ class GidsApplet(Applet[Session]):
                 if self.data.secret(Reference.PIN) is None:
                     raise ConditionsNotSatisfied("set the PIN before activating the card")
                 self.data.activate()
+                # The access rules start now: no channel keeps what personalisation verified.
+                self._epoch += 1
+                session.sync(self._epoch)
                 log.info("GIDS application activated: personalisation is over")
                 self.events("activated", {})
             return b""
@@ -546,7 +539,7 @@ class GidsApplet(Applet[Session]):
             return encode_tlv(int.from_bytes(tlv.value, "big"), status)
         if tlv.tag != TAG_KEY_DO:
             raise InvalidData("GET DATA 3FFF reads a PIN status (5C) or a public key (70)")
-        items = _items(tlv.value)
+        items = parse_dict(tlv.value)
         key_ref = _byte(items, TAG_KEY_REF_PRIVATE, "key reference")
         file = self._key_file(key_ref)
         self._require(file.rules.condition(KeyOp.GET_PUBLIC), session, "public key")
@@ -578,14 +571,14 @@ class GidsApplet(Applet[Session]):
 
     def _put_key(self, data: bytes, session: Session) -> bytes:
         """PUT DATA 3FFF: 70 { 84 <ref>, A5 { [83 type] [84 00] 87 <key> } }."""
-        items = _items(parse_tlv(data, TAG_KEY_DO).value)
+        items = parse_dict(parse_tlv(data, TAG_KEY_DO).value)
         key_ref = _byte(items, TAG_KEY_REF_PRIVATE, "key reference")
         file = self._key_file(key_ref)
         self._require(file.rules.condition(KeyOp.PUT_KEY), session, "PUT KEY")
         template = items.get(TAG_KEY_TEMPLATE)
         if template is None:
             raise InvalidData("key import without a key template (A5)")
-        inner = _items(template)
+        inner = parse_dict(template)
         if inner.get(TAG_KEY_REF_PRIVATE, b"\x00") != b"\x00":
             raise ApduError(SW.FUNCTION_NOT_SUPPORTED, "encrypted key import")
         value = inner.get(TAG_KEY_VALUE)
@@ -756,7 +749,7 @@ class GidsApplet(Applet[Session]):
         if apdu.p2 not in (CRT_AUTHENTICATION, CRT_SIGNATURE, CRT_CONFIDENTIALITY):
             raise IncorrectParameters(f"control reference template {apdu.p2:02X}")
         session.environment = None
-        items = _items(apdu.data)
+        items = parse_dict(apdu.data)
         ref_tag = TAG_KEY_REF if TAG_KEY_REF in items else TAG_KEY_REF_PRIVATE
         key_ref = _byte(items, ref_tag, "key reference")
         algorithm = _byte(items, TAG_ALGORITHM, "algorithm") if TAG_ALGORITHM in items else None
@@ -835,7 +828,7 @@ class GidsApplet(Applet[Session]):
         if apdu.p1 or apdu.p2:
             raise IncorrectParameters("GENERATE ASYMMETRIC KEY PAIR P1P2 must be 0000")
         self._require_operational("key generation")
-        items = _items(parse_tlv(apdu.data, TAG_GENERATE_TEMPLATE).value)
+        items = parse_dict(parse_tlv(apdu.data, TAG_GENERATE_TEMPLATE).value)
         key_ref = _byte(items, TAG_KEY_REF, "key reference")
         algorithm = _byte(items, TAG_ALGORITHM, "algorithm")
         file = self._key_file(key_ref)
@@ -865,7 +858,7 @@ class GidsApplet(Applet[Session]):
         key = None if file is None else file.secret
         if key is None:
             raise ConditionsNotSatisfied(f"no key {env.key_ref:02X} to authenticate with")
-        items = _items(parse_tlv(apdu.data, TAG_DYN_AUTH).value)
+        items = parse_dict(parse_tlv(apdu.data, TAG_DYN_AUTH).value)
         if set(items) == {TAG_CHALLENGE}:
             return self._issue_challenge(env.key_ref, key, items[TAG_CHALLENGE], session)
         if set(items) == {TAG_RESPONSE}:

@@ -8,7 +8,8 @@ and forgets it on reset, power-off and deselection. Within a session:
 * ``pin_verified``: set by a correct VERIFY or CHANGE REFERENCE DATA of the
   PIN; cleared by a wrong one, by VERIFY with P2 = 82 (log out) or P1 = FF,
   and on every channel when the PIN is replaced by someone who did not know
-  it (PUK or administrator unblock: the applet's epoch moves on).
+  it (PUK or administrator unblock) or the application is activated (the
+  applet's epoch moves on).
 * ``admin``: the administrator key authenticated by GENERAL AUTHENTICATE;
   cleared by a failed attempt, by log out and after an unblock.
 * ``environment``: what MANAGE SECURITY ENVIRONMENT set (template, algorithm,

@@ -590,3 +590,12 @@ def test_every_command_answers_a_status_word(gids: GidsCard, ins: int, p1: int, 
 def test_a_factory_applet_has_its_own_serial() -> None:
     assert GidsApplet(serial=87654321).data.serial == 87654321
     assert 10_000_000 <= GidsApplet().data.serial < 100_000_000
+
+
+def test_activation_ends_what_personalisation_verified(factory: GidsCard) -> None:
+    factory.send(apdu(0x24, 0x01, 0x80, PIN))
+    factory.send(verify(PIN))
+    assert factory.status(apdu(0x20, 0x00, 0x80)) == OK
+    factory.send("00A4000C023FFF")
+    factory.send("00440000")
+    assert factory.status(apdu(0x20, 0x00, 0x80)) == 0x63C3
