@@ -270,6 +270,13 @@ def test_the_key_file_template_opensc_writes_is_what_vsc_writes(gids: Gids) -> N
     assert len(created) == 1
     fcp = bytes.fromhex(created[0].replace(" ", ""))[5:]
     assert fcp == key_file_fcp(0x81, 0x06, decipher=True)
+    # Deleting the key deletes its file (DELETE FILE with the PIN) and empties the container.
+    gids.pkcs11("--login", "--pin", PIN, "--delete-object", "--type", "privkey", "--id", "00")
+    assert "00 E4 00 00" in gids.traced_commands()
+    (container,) = parse_containers(_object(gids, 0xA010, 0xDF23))
+    assert not container.valid
+    _, read = send_apdus(gids.pcscd, SELECT_GIDS, bytes.fromhex("00CB3FFF0A7008840181A5037F498000"))
+    assert read.sw == 0x6A88  # the key is gone with its file
 
 
 # -- a stored GIDS card -------------------------------------------------------------------------
