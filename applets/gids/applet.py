@@ -428,11 +428,10 @@ class GidsApplet(Applet[Session]):
             raise NotFound("no DF below the application")
         if not path:
             session.current_ef = None
-            answer = {0x00: FCI, 0x04: APPLICATION_FCP}.get(apdu.p2 & 0x0C, b"")
-            return answer
-        file = self._file(path[0], session) if path[0] != CURRENT_EF else None
+            return {0x00: FCI, 0x04: APPLICATION_FCP}.get(apdu.p2 & 0x0C, b"")
+        file = self.data.files.get(path[0])
         if file is None:
-            raise NotFound("SELECT names no file")
+            raise NotFound(f"no file {path[0]:04X}")
         session.current_ef = file.fid
         return file.fcp_with_state() if apdu.p2 & 0x0C in (0x00, 0x04) else b""
 
