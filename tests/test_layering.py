@@ -23,6 +23,7 @@ ADAPTERS = {
     "fuzz",
     "lifecycle",
     "cli",
+    "cliutil",
     "pcsc",
     "share",
     "tpm",
@@ -77,3 +78,31 @@ def test_engine_imports_no_io(path: Path) -> None:
         assert top not in FORBIDDEN, f"{path.name} imports {name}"
         if name.startswith("vsc.") or name.startswith("."):
             assert top not in ADAPTERS, f"{path.name} imports the adapter {name}"
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, also under ``if TYPE_CHECKING:``, as absolute names."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            module = node.module or ""
+            if node.level:
+                module = f"{base}.{module}".rstrip(".")
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_cli_plumbing_is_a_leaf() -> None:
+    """The top-level command imports the features' CLIs; they never import it back."""
+    assert not {n for n in all_imports(ROOT / "vsc" / "cliutil.py") if n.startswith("vsc")}
+    for path in sorted((ROOT / "vsc").rglob("*.py")):
+        if path == ROOT / "vsc" / "cli.py":
+            continue
+        imported = all_imports(path)
+        assert "vsc.cli" not in imported, f"{path.relative_to(ROOT)} imports vsc.cli"
+        assert not {n for n in imported if n.startswith("vsc.cli.")}, path

@@ -1,10 +1,12 @@
 """The ``vsc`` command line: one subcommand (group) per feature.
 
 Each feature module offers ``register(subparsers)``, which adds its
-subcommand and sets ``handler`` (``Callable[[argparse.Namespace], int]``) on
-its parsers with ``set_defaults``; :func:`main` parses, configures logging
-once and calls the handler. To add a command, write its ``register`` and
-append it to :data:`COMMANDS`.
+subcommand and sets ``handler`` (:data:`vsc.cliutil.Handler`) on its
+parsers with ``set_defaults``; :func:`main` parses, configures logging once
+and calls the handler. To add a command, write its ``register`` and append
+it to :data:`COMMANDS`. What the features share (the ``Subparsers`` type,
+exit statuses, messages) is in :mod:`vsc.cliutil`, which imports none of
+them.
 """
 
 from __future__ import annotations
@@ -13,16 +15,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final, TypeAlias
+from typing import Final
 
+from .cliutil import Handler, Subparsers
 from .lifecycle import cli as lifecycle_cli
 from .share import cli as share_cli
 from .trace import TRACE
 
-__all__ = ["COMMANDS", "Subparsers", "build_parser", "main"]
-
-# argparse has no public name for it; subscripted only for the type checker.
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The registered subcommands, in help order.
 COMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    handler: Callable[[argparse.Namespace], int] = args.handler
+    handler: Handler = args.handler
     return handler(args)
 
 

@@ -543,7 +543,7 @@ def test_the_response_try_is_spent_before_the_comparison(
     def dies(*args: object) -> bool:
         raise SystemExit("killed while comparing")
 
-    monkeypatch.setattr("vsc.lifecycle.manager.check_response", dies)
+    monkeypatch.setattr("vsc.lifecycle.helpdesk.check_response", dies)
     with pytest.raises(SystemExit):
         manager.complete("alice", respond(created, pending.challenge), new_pin=NEW_PIN)
     monkeypatch.undo()

@@ -34,13 +34,24 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from applets.piv.keys import PinPolicy, TouchPolicy
 from applets.piv.mgmt import ManagementKey, ManagementKeyType
 from applets.piv.pinrules import CLASSES, CharRule, PinRules
+from vsc.cliutil import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Handler,
+    Subparsers,
+    UsageError,
+    dump_json,
+    fail,
+)
 from vsc.store import (
     BackendSpec,
     CardExists,
@@ -52,25 +63,22 @@ from vsc.store import (
 from vsc.sw import ApduError
 
 from . import gids_cli
+from .adminkey import parse_admin_key
 from .audit import AuditLog
+from .capacity import DEFAULT_CAPACITY
 from .certs import ProvisioningError
 from .errors import LifecycleError, Refused
 from .gids import is_gids_challenge
-from .manager import DEFAULT_CAPACITY, CardManager, CardReport, Pending, parse_admin_key
+from .helpdesk import Pending
+from .manager import CardManager
 from .offline import MistypedCode, Purpose, Request, compute_response, describe_minutes
 from .profiles import DEFAULT_PROFILE, PROFILES
+from .reports import CardReport
 from .timespec import format_local, parse_duration, parse_time
 from .tpmstatus import TpmStatus, find_tcti, interrogate
 
-if TYPE_CHECKING:
-    from ..cli import Subparsers
-
 __all__ = ["register"]
 
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_REFUSED: Final = 3
 BACKEND_ENVIRONMENT: Final = ("VSC_TPM", "VSC_KEY_FILE", "VSC_PASSPHRASE")
 _KEY_TYPES: Final = {
     "3des": ManagementKeyType.TDES,
@@ -78,12 +86,6 @@ _KEY_TYPES: Final = {
     "aes192": ManagementKeyType.AES192,
     "aes256": ManagementKeyType.AES256,
 }
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-class _Usage(Exception):
-    """A usage error found after parsing (exit status 2)."""
 
 
 # -- parsers -----------------------------------------------------------------------------
@@ -388,7 +390,7 @@ def _capacity(args: argparse.Namespace) -> int:
     try:
         return int(value)
     except ValueError:
-        raise _Usage(f"VSC_MAX_CARDS={value!r} is not a number") from None
+        raise UsageError(f"VSC_MAX_CARDS={value!r} is not a number") from None
 
 
 def _store(args: argparse.Namespace) -> CardStore:
@@ -400,11 +402,6 @@ def _manager(args: argparse.Namespace) -> CardManager:
     return CardManager(store, _backend(args), audit=AuditLog(store.root), capacity=_capacity(args))
 
 
-def _fail(message: str, status: int = EXIT_FAILURE) -> int:
-    print(f"vsc: {message}", file=sys.stderr)
-    return status
-
-
 def _guarded(handler: Handler) -> Handler:
     """Errors become a message and an exit status; nothing secret is in any message."""
 
@@ -414,15 +411,15 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return handler(args)
         except (Refused, CardExists, CardInUse) as e:
-            return _fail(str(e), EXIT_REFUSED)
-        except _Usage as e:
-            return _fail(str(e), EXIT_USAGE)
+            return fail(str(e), EXIT_REFUSED)
+        except UsageError as e:
+            return fail(str(e), EXIT_USAGE)
         except (LifecycleError, StoreError, ProvisioningError, CardOpenError, ApduError) as e:
-            return _fail(str(e))
+            return fail(str(e))
         except ValueError as e:
-            return _fail(str(e), EXIT_USAGE)
+            return fail(str(e), EXIT_USAGE)
         except KeyboardInterrupt:
-            return _fail("interrupted", 130)
+            return fail("interrupted", EXIT_INTERRUPTED)
 
     return run
 
@@ -452,13 +449,9 @@ def _password(args: argparse.Namespace) -> bytes | None:
     if args.password_env:
         value = os.environ.get(args.password_env)
         if value is None:
-            raise _Usage(f"{args.password_env} is not set")
+            raise UsageError(f"{args.password_env} is not set")
         return value.encode()
     return None
-
-
-def _dump(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -498,7 +491,7 @@ def _create(args: argparse.Namespace) -> int:
     )
     backend = manager.backend.kind if manager.backend else "?"
     if args.json:
-        _dump(
+        dump_json(
             {
                 "name": created.name,
                 "serial": created.serial,
@@ -533,7 +526,7 @@ def _list(args: argparse.Namespace) -> int:
     manager = _manager(args)
     cards = manager.list()
     if args.json:
-        _dump([dataclasses.asdict(card) for card in cards])
+        dump_json([dataclasses.asdict(card) for card in cards])
         return EXIT_OK
     if not cards:
         print(f"No cards in {manager.store.root}.")
@@ -554,7 +547,7 @@ def _info(args: argparse.Namespace) -> int:
         return gids_cli.info(args, manager)
     report = manager.info(args.name)
     if args.json:
-        _dump(dataclasses.asdict(report))
+        dump_json(dataclasses.asdict(report))
         return EXIT_OK
     _print_report(report)
     return EXIT_OK
@@ -652,9 +645,9 @@ def _interactive() -> bool:
 def _unlock(args: argparse.Namespace) -> int:
     manager = _manager(args)
     if args.duration is not None and args.response is not None:
-        raise _Usage("--for starts a new challenge; --response answers the current one")
+        raise UsageError("--for starts a new challenge; --response answers the current one")
     if args.duration is None and args.response is None:
-        raise _Usage("give --for DURATION (a new challenge) or --response RESPONSE")
+        raise UsageError("give --for DURATION (a new challenge) or --response RESPONSE")
     response = args.response
     if args.duration is not None:
         pending = manager.begin_unlock(args.name, parse_duration(args.duration))
@@ -698,11 +691,11 @@ def _respond(args: argparse.Namespace) -> int:
     try:
         request = Request.decode(args.challenge)
     except MistypedCode as e:
-        return _fail(f"{e}: ask the user to read it again", EXIT_REFUSED)
+        return fail(f"{e}: ask the user to read it again", EXIT_REFUSED)
     if args.duration is not None:
         wanted = parse_duration(args.duration)
         if request.purpose is not Purpose.UNLOCK or request.minutes != wanted:
-            return _fail(
+            return fail(
                 f"the challenge asks to {request.describe()}, not for"
                 f" {describe_minutes(wanted)}: no response",
                 EXIT_REFUSED,
@@ -789,7 +782,7 @@ def _tpm_status(args: argparse.Namespace) -> int:
     tcti, source = find_tcti(args.tpm, os.environ)
     status = interrogate(tcti, source, store=_store(args), capacity=_capacity(args))
     if args.json:
-        _dump(dataclasses.asdict(status))
+        dump_json(dataclasses.asdict(status))
     else:
         _print_tpm(status)
     return EXIT_OK if status.present else EXIT_FAILURE

@@ -52,6 +52,7 @@ from vsc.store import StoredCard
 from vsc.store.errors import CardExists, StoreError
 from vsc.store.gids import StoredGidsApplet, StoredGidsData, has_gids, open_gids
 
+from .base import CARD_RECORD, PENDING_LIFETIME
 from .errors import (
     AdminKeyBlocked,
     LifecycleError,
@@ -60,7 +61,7 @@ from .errors import (
     Refused,
     WrongAdminKey,
 )
-from .manager import PENDING_LIFETIME, CardManager
+from .manager import CardManager
 
 __all__ = [
     "DEFAULT_ADMIN_KEY",
@@ -81,7 +82,6 @@ DEFAULT_PUK = "12345678"
 DEFAULT_ADMIN_KEY = bytes(range(1, 9)) * 3
 #: A Windows virtual smart card's default PIN policy: 8 to 127 characters, any class.
 GIDS_RULES = PinRules(8, 127)
-_CARD_RECORD = "lifecycle/card"
 _PENDING = "lifecycle/gids-unblock"
 _CERTS = ("kxc", "ksc")
 _HEX_CHALLENGE = re.compile(r"(?:[0-9a-fA-F]{2}[ :-]?){8}(?:(?:[0-9a-fA-F]{2}[ :-]?){8})?")
@@ -162,7 +162,7 @@ class GidsCards:
 
     @contextmanager
     def _open(self, name: str) -> Iterator[tuple[StoredCard, StoredGidsApplet, StoredGidsData]]:
-        stored = self.manager.store.open(name, self.manager._backend())
+        stored = self.manager.store.open(name, self.manager.require_backend())
         try:
             if not has_gids(stored):
                 raise LifecycleError(f"card {name!r} is not a GIDS card")
@@ -201,11 +201,11 @@ class GidsCards:
         pin_value = self.check_pin(rules, DEFAULT_PIN if pin in (None, "default") else pin)
         puk_value, puk_kind = _puk(puk)
         key, key_kind = _key(admin_key, admin_key_length)
-        spec = self.manager._backend()
-        with self.manager._store_lock():
+        spec = self.manager.require_backend()
+        with self.manager.creation_lock():
             if self.manager.store.exists(name):
                 raise CardExists(name, self.manager.store.path_of(name))
-            self.manager._check_capacity(spec)
+            self.manager.check_capacity(spec)
             stored = self.manager.store.create(name, spec)
         try:
             created_serial, cardid = self._personalise(
@@ -256,7 +256,7 @@ class GidsCards:
         data = applet.data
         with stored.transaction():
             stored.put(
-                _CARD_RECORD,
+                CARD_RECORD,
                 json.dumps(
                     {"profile": "gids", "made_by": "vsc create", "puk": _kind(puk)}
                 ).encode(),

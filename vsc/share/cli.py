@@ -50,7 +50,7 @@ from .protocol import EndReason, ReaderInfo, ReaderState, ShareMode
 from .service import DEFAULT_PORT, ShareService
 
 if TYPE_CHECKING:
-    from ..cli import Subparsers
+    from ..cliutil import Subparsers
 
 __all__ = ["register"]
 

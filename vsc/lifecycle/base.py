@@ -1,0 +1,234 @@
+"""What every lifecycle verb shares: the store, the backend, the audit log, and the card's rules.
+
+:class:`ManagerBase` holds the state of a :class:`~vsc.lifecycle.CardManager`
+and the steps several verbs take: opening a PIV card (with its lock, its
+wall clock and its audit hook), the store-wide creation lock, the admin-key
+counter (a try spent durably before the comparison), the PIN policy check.
+Each verb lives in the module of its job (:mod:`.creation`,
+:mod:`.reports`, :mod:`.helpdesk`, :mod:`.provisioning`) as a mixin on
+this base; the GIDS lifecycle (:mod:`.gids`) uses the same base through a
+manager.
+
+The records the lifecycle keeps in a card (beside the applet's own) are
+here too: ``lifecycle/card`` (how ``vsc create`` made it) and
+``lifecycle/pending`` (the challenge outstanding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hmac
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from applets.piv.managed import Managed
+from applets.piv.mgmt import ManagementKey
+from applets.piv.pinrules import PinRules
+from applets.piv.state import DEFAULT_PIN, PIN_BLOCK_SIZE
+from vsc.store import BackendSpec, CardStore, StoredCard
+from vsc.store.gids import has_gids
+from vsc.store.piv import StoredPivApplet, StoredPivData, open_piv
+
+from .audit import AuditLog
+from .capacity import DEFAULT_CAPACITY, check_capacity
+from .errors import (
+    AdminKeyBlocked,
+    LifecycleError,
+    NotManaged,
+    PinPolicyViolation,
+    WrongAdminKey,
+)
+from .offline import Request
+
+__all__ = [
+    "CARD_RECORD",
+    "PENDING_LIFETIME",
+    "PENDING_RECORD",
+    "ManagerBase",
+    "StoredRequest",
+    "card_record",
+    "load_pending",
+    "managed_or_refuse",
+    "pin_block",
+]
+
+#: Seconds a challenge stays answerable.
+PENDING_LIFETIME = 3600.0
+#: How ``vsc create`` made the card (JSON: profile, made_by, puk).
+CARD_RECORD = "lifecycle/card"
+#: The challenge outstanding (JSON: request, expires).
+PENDING_RECORD = "lifecycle/pending"
+_STORE_LOCK = ".lifecycle.lock"
+
+
+def pin_block(pin: str | bytes, what: str = "PIN") -> bytes:
+    """A PIN or PUK as the card's 8-byte block (FF-padded)."""
+    raw = pin.encode() if isinstance(pin, str) else bytes(pin)
+    if not 1 <= len(raw) <= PIN_BLOCK_SIZE or b"\xff" in raw:
+        raise PinPolicyViolation("max-length", f"a {what} has 1 to {PIN_BLOCK_SIZE} characters")
+    return raw + b"\xff" * (PIN_BLOCK_SIZE - len(raw))
+
+
+def managed_or_refuse(name: str, data: StoredPivData) -> Managed:
+    """The card's managed block; :class:`NotManaged` for a card ``vsc create`` did not make."""
+    managed = data.managed
+    if managed is None:
+        raise NotManaged(name)
+    return managed
+
+
+def card_record(stored: StoredCard) -> dict[str, Any]:
+    """The ``lifecycle/card`` record ({} if absent or unreadable)."""
+    raw = stored.get(CARD_RECORD)
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    """The challenge a card has outstanding, and until when it can be answered."""
+
+    request: Request
+    expires: float
+
+
+def load_pending(stored: StoredCard, now: float) -> StoredRequest | None:
+    """The challenge outstanding at ``now`` (None: none, unreadable or expired)."""
+    raw = stored.get(PENDING_RECORD)
+    if raw is None:
+        return None
+    try:
+        d = json.loads(raw)
+        request = Request.from_bytes(bytes.fromhex(d["request"]))
+        expires = float(d["expires"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    if now >= expires:
+        return None
+    return StoredRequest(request, expires)
+
+
+class ManagerBase:
+    """The cards of ``store``, protected by ``backend``, audited in ``audit``.
+
+    ``backend`` may be None for operations that need no card key (list,
+    destroy); the others raise :class:`LifecycleError` without one.
+    """
+
+    def __init__(
+        self,
+        store: CardStore,
+        backend: BackendSpec | None = None,
+        *,
+        audit: AuditLog | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("the capacity is at least one card")
+        self.store = store
+        self.backend = backend
+        self.audit = audit if audit is not None else AuditLog(store.root)
+        self.capacity = capacity
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.store.root}>"
+
+    @property
+    def now(self) -> float:
+        return self.store.clock.now()
+
+    def require_backend(self) -> BackendSpec:
+        """The backend; :class:`LifecycleError` naming the options when there is none."""
+        if self.backend is None:
+            raise LifecycleError(
+                "this needs the card's protection backend: --tpm TCTI (or VSC_TPM), --key-file"
+                " PATH (or VSC_KEY_FILE), VSC_PASSPHRASE, or --insecure-plain"
+            )
+        return self.backend
+
+    @contextlib.contextmanager
+    def _open(self, name: str) -> Iterator[tuple[StoredCard, StoredPivApplet, StoredPivData]]:
+        """The PIV card ``name``, locked for this process until the block ends."""
+        stored = self.store.open(name, self.require_backend())
+        try:
+            if has_gids(stored):  # never provision PIV data onto a GIDS card
+                raise LifecycleError(f"card {name!r} is a GIDS card: not for this command")
+            applet = open_piv(stored)
+            applet.wall_clock = self.store.clock.now
+            applet.events = self.audit.card_hook(name)
+            data = applet.data
+            assert isinstance(data, StoredPivData)
+            yield stored, applet, data
+        finally:
+            stored.close()
+
+    @contextlib.contextmanager
+    def creation_lock(self) -> Iterator[None]:
+        """Serialises creations in the store: the capacity check and the creation are one step."""
+        self.store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.store.root / _STORE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def check_capacity(self, spec: BackendSpec) -> None:
+        """:class:`CapacityExceeded` if ``spec``'s device holds :attr:`capacity` cards already.
+
+        Call it under :meth:`creation_lock`."""
+        check_capacity(self.store, spec, self.capacity)
+
+    # -- the card's rules --------------------------------------------------------------------
+
+    def check_pin(self, rules: PinRules, pin: str | None, *, default: bool = False) -> bytes:
+        """The PIN block of ``pin`` (None: the factory PIN) if ``rules`` allow it."""
+        raw = DEFAULT_PIN.rstrip(b"\xff") if pin is None else pin.encode("utf-8", "replace")
+        error = rules.violation(raw)
+        if error is not None:
+            hint = " (the factory PIN 123456: give a PIN)" if default else ""
+            raise PinPolicyViolation(
+                error.rule, f"PIN refused{hint}: {error.reason} (rule {error.rule})"
+            )
+        return pin_block(raw)
+
+    def _spend_admin_try(self, data: StoredPivData, name: str, what: str) -> int | None:
+        """One try of the admin-key counter, spent durably; the tries left (None: no counter)."""
+        if data.managed is None:
+            return None
+        try:
+            return data.consume_admin_try(self.now)
+        except ValueError:
+            retry = data.admin_tries(self.now)[2]
+            self.audit.write(
+                "admin-key-blocked", name, f"{name}: {what} refused, the admin key is blocked"
+            )
+            raise AdminKeyBlocked(retry) from None
+
+    def _admin_refused(self, name: str, what: str, left: int | None) -> None:
+        self.audit.write(
+            "admin-key-refused",
+            name,
+            f"{name}: wrong {what}" + (f" ({left} tries left)" if left is not None else ""),
+            what=what,
+            tries_left=left,
+        )
+        counted = f": {left} tries left before the admin key blocks" if left is not None else ""
+        raise WrongAdminKey(f"wrong {what}{counted}", left)
+
+    def _check_admin_key(self, data: StoredPivData, name: str, given: ManagementKey) -> None:
+        """An operation that needs the admin key: the try is counted before the comparison."""
+        left = self._spend_admin_try(data, name, "admin key")
+        if not hmac.compare_digest(given.key, data.management_key.key):
+            self._admin_refused(name, "admin key", left)
+        if data.managed is not None:
+            data.restore_admin_tries()
