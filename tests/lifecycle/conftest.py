@@ -94,7 +94,12 @@ class Vsc:
         }
 
     def run(
-        self, *args: str, backend: bool = True, input: str | None = None, status: int | None = 0
+        self,
+        *args: str,
+        backend: bool = True,
+        input: str | None = None,
+        status: int | None = 0,
+        env: Mapping[str, str] | None = None,
     ) -> Result:
         argv = [sys.executable, "-m", "vsc.cli", *args, *(self.backend if backend else [])]
         stdin: dict[str, Any] = (
@@ -104,7 +109,7 @@ class Vsc:
             argv,
             capture_output=True,
             text=True,
-            env=self.env,
+            env={**self.env, **(env or {})},
             timeout=CLI_TIMEOUT,
             check=False,
             start_new_session=True,  # no controlling terminal: prompts read stdin

@@ -14,10 +14,10 @@ __all__ = ["choose_admin_key", "parse_admin_key", "random_admin_key"]
 
 
 def parse_admin_key(text: str, key_type: ManagementKeyType | None = None) -> ManagementKey:
-    """An admin key in hex (spaces and colons allowed); the algorithm from ``key_type`` or
+    """An admin key in hex (white space and colons allowed); the algorithm from ``key_type`` or
     the length (24 bytes: 3DES, 16 or 32: AES)."""
     try:
-        raw = bytes.fromhex(text.replace(":", "").replace(" ", ""))
+        raw = bytes.fromhex("".join(text.split()).replace(":", ""))
     except ValueError:
         raise ValueError("the admin key must be hexadecimal") from None
     if key_type is None:

@@ -46,11 +46,15 @@ from vsc.cliutil import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_USAGE,
+    CliError,
     Handler,
+    Secret,
+    SecretOption,
     Subparsers,
     UsageError,
     dump_json,
     fail,
+    warn,
 )
 from vsc.store import (
     BackendSpec,
@@ -129,10 +133,22 @@ def _pin_options(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--pin-prompt", action="store_true", help=f"ask for the {what}")
 
 
+#: The card's admin key, wherever a command takes it (see :class:`vsc.cliutil.SecretOption`).
+ADMIN_KEY: Final = SecretOption(
+    "admin-key",
+    "the admin key",
+    env="VSC_ADMIN_KEY",
+    metavar="HEX",
+    prompt_text="Admin key (hex): ",
+)
+#: ``vsc create``'s: also ``random`` (the default) or ``default``, which are not secrets.
+CREATE_ADMIN_KEY: Final = dataclasses.replace(
+    ADMIN_KEY, metavar="random|default|HEX", keywords=("random", "default")
+)
+
+
 def _admin_key_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--admin-key", metavar="HEX", help="the card's admin (management) key")
-    group.add_argument("--admin-key-prompt", action="store_true", help="ask for the admin key")
+    ADMIN_KEY.add_to(parser, value_help="the card's admin (management) key in hex")
 
 
 def register(subparsers: Subparsers) -> None:
@@ -163,12 +179,10 @@ def register(subparsers: Subparsers) -> None:
         help="none (default): a random PUK nobody learns, unblock goes through the admin key;"
         " default: 12345678; or the PUK",
     )
-    create.add_argument(
-        "--admin-key",
-        default="random",
-        metavar="random|default|HEX",
-        help="random (default; printed once), default (the factory key: anyone can answer"
-        " the card's challenges), or the key in hex",
+    CREATE_ADMIN_KEY.add_to(
+        create,
+        value_help="random (default; printed once), default (the factory key: anyone can"
+        " answer the card's challenges), or the key in hex",
     )
     create.add_argument(
         "--admin-key-type",
@@ -412,8 +426,8 @@ def _guarded(handler: Handler) -> Handler:
             return handler(args)
         except (Refused, CardExists, CardInUse) as e:
             return fail(str(e), EXIT_REFUSED)
-        except UsageError as e:
-            return fail(str(e), EXIT_USAGE)
+        except CliError as e:
+            return fail(str(e), e.status)
         except (LifecycleError, StoreError, ProvisioningError, CardOpenError, ApduError) as e:
             return fail(str(e))
         except ValueError as e:
@@ -435,12 +449,29 @@ def _pin(args: argparse.Namespace, prompt: str) -> str | None:
     if getattr(args, "pin_prompt", False):
         return _ask_secret(prompt, twice=True)
     pin: str | None = getattr(args, "pin", None)
+    if pin is not None:
+        warn(
+            "a PIN on the command line is visible to every user of this machine"
+            " (ps, /proc/PID/cmdline): use --pin-prompt"
+        )
     return pin
 
 
 def _admin_key(args: argparse.Namespace) -> ManagementKey:
-    text = _ask_secret("Admin key (hex): ") if args.admin_key_prompt else args.admin_key
-    return parse_admin_key(text)
+    """The admin key from --admin-key-file, --admin-key-prompt, --admin-key or $VSC_ADMIN_KEY;
+    asked for at a terminal when none is given."""
+    secret = ADMIN_KEY.read(args)
+    if secret is None:
+        if not _interactive():
+            raise UsageError(
+                "this needs the card's admin key: --admin-key-file PATH, $VSC_ADMIN_KEY or"
+                " --admin-key-prompt"
+            )
+        secret = Secret(ADMIN_KEY.prompt(), "the prompt")
+    try:
+        return parse_admin_key(secret.value)
+    except ValueError as e:
+        raise UsageError(f"{e} (from {secret.source})") from None
 
 
 def _password(args: argparse.Namespace) -> bytes | None:
@@ -460,8 +491,15 @@ def _password(args: argparse.Namespace) -> bytes | None:
 @_guarded
 def _create(args: argparse.Namespace) -> int:
     manager = _manager(args)
+    chosen_key = CREATE_ADMIN_KEY.read(args, confirm=True)
+    if args.puk not in ("none", "default"):
+        warn(
+            "a PUK on the command line is visible to every user of this machine"
+            " (ps, /proc/PID/cmdline)"
+        )
+    admin_key = chosen_key.value if chosen_key is not None else "random"
     if args.applet == "gids":
-        return gids_cli.create(args, manager, _pin(args, "User PIN: "))
+        return gids_cli.create(args, manager, _pin(args, "User PIN: "), admin_key)
     profile = PROFILES[args.profile]
     classes = {name: getattr(args, name) for name in CLASSES if getattr(args, name) is not None}
     rules: PinRules | None = None
@@ -482,7 +520,7 @@ def _create(args: argparse.Namespace) -> int:
         profile=profile.name,
         pin=pin,
         puk=args.puk,
-        admin_key=args.admin_key,
+        admin_key=admin_key,
         admin_key_type=_KEY_TYPES[args.admin_key_type] if args.admin_key_type else None,
         rules=rules,
         generate=args.generate,
@@ -510,8 +548,10 @@ def _create(args: argparse.Namespace) -> int:
     if created.admin_key is not None:
         print("Admin key (shown this once: give it to the helpdesk that will unblock the card):")
         print(f"  {created.admin_key.key.hex().upper()}")
-    elif args.admin_key == "default":
+    elif admin_key == "default":
         print("Admin key: the factory default. Anyone can answer this card's challenges.")
+    elif chosen_key is not None:
+        print(f"Admin key: the one given ({chosen_key.source}).")
     if args.puk == "none":
         print("PUK: random and not shown: a blocked PIN is reset with `vsc unblock`.")
     if created.generated:

@@ -62,7 +62,8 @@ def _rules(args: argparse.Namespace) -> PinRules:
         raise Refused(f"PIN policy refused: {e}") from None
 
 
-def create(args: argparse.Namespace, manager: CardManager, pin: str | None) -> int:
+def create(args: argparse.Namespace, manager: CardManager, pin: str | None, admin_key: str) -> int:
+    """``vsc create --applet gids``; ``admin_key``: random, default or hex (read by the caller)."""
     for option in _PIV_ONLY:
         if getattr(args, option, None):
             raise Refused(f"--{option.replace('_', '-')} is for PIV cards, not GIDS")
@@ -75,7 +76,7 @@ def create(args: argparse.Namespace, manager: CardManager, pin: str | None) -> i
         args.name,
         pin=pin,
         puk=args.puk,
-        admin_key=args.admin_key,
+        admin_key=admin_key,
         admin_key_length=_KEY_LENGTHS[key_type],
         rules=_rules(args),
     )
@@ -103,7 +104,7 @@ def create(args: argparse.Namespace, manager: CardManager, pin: str | None) -> i
     if created.admin_key is not None:
         print("Admin key (shown this once: give it to the helpdesk that will unblock the card):")
         print(f"  {created.admin_key.hex().upper()}")
-    elif args.admin_key == "default":
+    elif admin_key == "default":
         print("Admin key: tpmvscmgr's default. Anyone can answer this card's challenges.")
     if created.puk == "none":
         print("No PUK: a blocked PIN is reset with `vsc unblock` and the admin key.")
