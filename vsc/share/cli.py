@@ -46,8 +46,8 @@ from .client import (
 from .endpoint import DEFAULT_VPCD, Endpoint
 from .home import ShareHome, format_fingerprint
 from .pairing import new_code
-from .protocol import EndReason, ReaderInfo, ReaderState, ShareMode
-from .service import DEFAULT_PORT, ShareService
+from .protocol import DEFAULT_PORT, EndReason, ReaderInfo, ReaderState, ShareMode
+from .service import ShareService
 
 if TYPE_CHECKING:
     from ..cliutil import Subparsers

@@ -21,6 +21,7 @@ from .home import Peer, ShareHome, fingerprint, format_fingerprint
 from .link import DEFAULT_TIMEOUT, LinkClosed, LinkSocket, connect_tls
 from .pairing import PairingClient, PairingError
 from .protocol import (
+    DEFAULT_PORT,
     INSTANCE_SIZE,
     Detach,
     Error,
@@ -37,7 +38,6 @@ from .protocol import (
     Role,
     Welcome,
 )
-from .service import DEFAULT_PORT
 from .tls import client_context, pairing_context, peer_certificate
 
 __all__ = [

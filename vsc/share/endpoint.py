@@ -62,7 +62,7 @@ from ..vpcd import PowerOff as VpcdPowerOff
 from ..vpcd import PowerOn as VpcdPowerOn
 from ..vpcd import Reset as VpcdReset
 from .client import Refused, Session, ShareError, expect, new_instance, open_session
-from .events import EventKind, EventLog
+from .events import REASON_TEXT, EventKind, EventLog
 from .home import ShareHome
 from .link import LinkClosed, LinkSocket
 from .masking import ApduTrace
@@ -88,7 +88,6 @@ from .protocol import (
     Transmit,
 )
 from .protocol import ConnectionClosed as LinkEnd
-from .service import REASON_TEXT
 
 __all__ = ["DEFAULT_VPCD", "Backoff", "Endpoint", "Outcome"]
 

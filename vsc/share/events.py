@@ -16,9 +16,11 @@ import logging
 import threading
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["EventKind", "EventLog", "read_events"]
+from .protocol import EndReason
+
+__all__ = ["REASON_TEXT", "EventKind", "EventLog", "read_events"]
 
 logger = logging.getLogger("vsc.share.events")
 
@@ -39,6 +41,18 @@ class EventKind(Enum):
     READER_ADDED = "reader-added"
     READER_REMOVED = "reader-removed"
     LINK_LOST = "link-lost"
+
+
+#: How an event message says why a share ended.
+REASON_TEXT: Final = {
+    EndReason.UNKNOWN: "for an unknown reason",
+    EndReason.DETACH: "detached",
+    EndReason.LOGOUT: "the remote user logged out",
+    EndReason.RESTART: "the endpoint restarted",
+    EndReason.SHUTDOWN: "stopped",
+    EndReason.CONNECTION_LOST: "the link was lost",
+    EndReason.READER_GONE: "the reader was removed",
+}
 
 
 class EventLog:
