@@ -173,3 +173,25 @@ def test_the_commands(tmp_path: Path) -> None:
     assert "min-length" in refused.output
     wrong = vsc.run("create", "h", "--applet", "gids", "--generate", status=3)
     assert "--generate is for PIV cards" in wrong.output
+
+
+def test_the_admin_key_from_a_file_the_environment_and_warned_hex(tmp_path: Path) -> None:
+    vsc = Vsc(tmp_path / "store", ["--insecure-plain"])
+    key = KEY.hex()
+    path = tmp_path / "admin.key"
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    created = vsc.run(
+        "create", "g", "--applet", "gids", "--pin", PIN, "--admin-key-file", str(path), "--json"
+    ).json()
+    assert created["admin_key"] is None  # chosen, so never printed
+    issued = vsc.run("unblock", "g").stdout
+    challenge = re.search(r"^  ((?:[0-9A-F]{2} ){7}[0-9A-F]{2})$", issued, re.M)
+    assert challenge is not None, issued
+    answered = vsc.run("respond", challenge.group(1), backend=False, env={"VSC_ADMIN_KEY": key})
+    response = answered.stdout.split("Response: ")[1].strip()
+    assert response == gids_response(KEY, challenge.group(1))
+    vsc.run("unblock", "g", "--pin", NEW_PIN, "--response", response)
+    assert "PIN reset" in vsc.audit_text() and key not in vsc.audit_text()
+    hex_given = vsc.run("create", "h", "--applet", "gids", "--pin", PIN, "--admin-key", key)
+    assert "visible to every user" in hex_given.stderr
