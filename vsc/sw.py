@@ -16,6 +16,8 @@ class SW(IntEnum):
     OK = 0x9000
     # 61xx and 63Cx carry a count in SW2; these are their SW1 bases.
     MORE_DATA = 0x6100
+    #: ISO 7816-4 "selected file deactivated": an application put out of use (a locked card).
+    FILE_DEACTIVATED = 0x6283
     VERIFY_FAIL_NO_RETRY = 0x63C0
     WARNING_NV_CHANGED = 0x6300
     EXECUTION_ERROR = 0x6400

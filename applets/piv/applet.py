@@ -381,9 +381,11 @@ class PivApplet(Applet[SecurityState]):
             self._epoch = (self._epoch[0], self._epoch[1] + 1)
 
     def _require_unlocked(self, what: str) -> None:
+        # Locked is not blocked: 6983 would tell clients "PIN blocked, 0 tries" while the
+        # counter is full. ISO 7816-4's "selected file deactivated" says what happened.
         if self.locked():
             log.info("%s refused: the card is locked", what)
-            raise ApduError(SW.AUTH_METHOD_BLOCKED, f"{what}: the card is locked")
+            raise ApduError(SW.FILE_DEACTIVATED, f"{what}: the card is locked")
 
     def _check_new_pin(self, block: bytes) -> None:
         """A managed card's PIN rules; the refusal names the rule, in the log too."""
@@ -798,6 +800,7 @@ class PivApplet(Applet[SecurityState]):
         # The PIN was replaced by the default: no channel may keep its status.
         self._epoch = (self._epoch[0], self._epoch[1] + 1)
         session.sync(self._epoch)
+        self.events("retries", {"pin_tries": apdu.p1, "puk_tries": apdu.p2})
         return b""
 
     @command(INS_RESET)
@@ -811,6 +814,7 @@ class PivApplet(Applet[SecurityState]):
         self._provision_attestation()
         self._epoch = (self._epoch[0] + 1, self._epoch[1])
         session.sync(self._epoch)
+        self.events("reset", {})
         return b""
 
     # -- lock control (managed cards) -------------------------------------------------

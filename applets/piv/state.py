@@ -249,11 +249,31 @@ class PivData:
         full = RetryCounter(tries.maximum, tries.maximum)
         self.commit(self._record.with_secret(ref, value, full))
 
+    def block(self, ref: Reference) -> None:
+        """No try left for ``ref``: a PUK nobody should use is disabled this way."""
+        maximum = self._record.tries(ref).maximum
+        self.commit(self._record.with_secret(ref, tries=RetryCounter(maximum, 0)))
+
     def is_default(self, ref: Reference) -> bool:
         return hmac.compare_digest(self._record.secret(ref), _DEFAULT_SECRET[ref])
 
     def set_retries(self, pin_tries: int, puk_tries: int) -> None:
-        """SET PIN RETRIES: new maxima, full counters, PIN and PUK back to defaults."""
+        """SET PIN RETRIES: new maxima, full counters, PIN and PUK back to defaults.
+
+        A managed card keeps its PIN and PUK (nothing may give it a well-known
+        value) and a blocked PUK stays blocked: it is how the card disables it.
+        """
+        if self._record.managed is not None:
+            record = self._record
+            puk_left = 0 if record.puk_tries.remaining == 0 else puk_tries
+            self.commit(
+                replace(
+                    record,
+                    pin_tries=RetryCounter(pin_tries, pin_tries),
+                    puk_tries=RetryCounter(puk_tries, puk_left),
+                )
+            )
+            return
         self.commit(
             replace(
                 self._record,
@@ -343,5 +363,18 @@ class PivData:
         # A managed card stays managed: its PIN policy, admin-key counter and lock are
         # not content, and neither is its admin key (a factory key anyone knows would
         # answer its unlock challenges): a RESET lifts no lock and refills no counter.
-        key = self._record.management_key
-        self.commit(replace(fresh, objects=_frozen(keep), managed=managed, management_key=key))
+        # Nor does it give the PIN or PUK a value anyone knows: both get random ones and
+        # stay blocked (RESET needs that) until the helpdesk sets a new PIN.
+        old = self._record
+        self.commit(
+            replace(
+                fresh,
+                objects=_frozen(keep),
+                managed=managed,
+                management_key=old.management_key,
+                pin=secrets.token_bytes(PIN_BLOCK_SIZE),
+                pin_tries=old.pin_tries,
+                puk=secrets.token_bytes(PIN_BLOCK_SIZE),
+                puk_tries=old.puk_tries,
+            )
+        )

@@ -5,9 +5,13 @@ creates and personalises the cards; ``python -m vsc.emulator --card`` serves
 them to a private pcscd; yubico-piv-tool, opensc-tool, pkcs11-tool and a
 pyscard "remote tool" use them. Checked:
 
-* a locked card refuses VERIFY (yubico-piv-tool: "blocked"; opensc-tool:
-  6983); the helpdesk's offline response unlocks it; a remote tool locks and
-  unlocks it through APDUs (INS F1 after GA 9B);
+* a locked card refuses VERIFY with 6283 (yubikit: an ApduError, not "invalid
+  PIN, 0 tries"; yubico-piv-tool and pkcs11-tool: neither "blocked" nor "wrong
+  PIN"), spending no try; the helpdesk's offline response unlocks it; a remote
+  tool locks and unlocks it through APDUs (INS F1 after GA 9B);
+* no client command gives a managed card a PIN or PUK anyone knows: ykman's
+  set-retries keeps the user's PIN and the disabled PUK, a RESET leaves both
+  blocked, the helpdesk's reprovision brings back a new PIN only;
 * a blocked PIN reset with ``vsc unblock`` + ``vsc respond``, then with the
   card's own management-key challenge/response (GA 9B + RESET RETRY COUNTER
   P1 = 02): each time pkcs11-tool signs again and openssl verifies;
@@ -131,6 +135,34 @@ def sign_with_pkcs11(pcscd: PcscdEnv, workdir: Path, pin: str) -> None:
     openssl("dgst", "-sha256", "-verify", public, "-signature", sig, data)
 
 
+def yubikit_verify(pcscd: PcscdEnv, pin: str) -> tuple[int, int]:
+    """yubikit's VERIFY through pcscd: (the status word it got, the PIN tries it reads)."""
+    from smartcard.pcsc.PCSCReader import PCSCReader
+    from ykman.pcsc import ScardSmartCardConnection
+    from yubikit.core import InvalidPinError
+    from yubikit.core.smartcard import ApduError
+    from yubikit.piv import PivSession
+
+    def session() -> tuple[int, int]:
+        pcscd.use_in_process()
+        reader = PCSCReader(pcscd.reader(0)).createConnection()
+        connection = ScardSmartCardConnection(reader)  # type: ignore[no-untyped-call]
+        try:
+            piv = PivSession(connection)
+            try:
+                piv.verify_pin(pin)
+                sw = 0x9000
+            except InvalidPinError as e:  # what yubikit says for 63Cx and 6983
+                sw = 0x6983 if e.attempts_remaining == 0 else 0x63C0 | e.attempts_remaining
+            except ApduError as e:
+                sw = e.sw
+            return sw, piv.get_pin_metadata().attempts_remaining
+        finally:
+            connection.close()  # type: ignore[no-untyped-call]
+
+    return _bounded(session, CLIENT_TIMEOUT)
+
+
 class RemoteTool:
     """What a remote administration tool does through PC/SC: GA 9B with the admin key,
     then a lifecycle command. pyscard, every call bounded."""
@@ -177,11 +209,20 @@ def test_a_locked_card_refuses_verify_until_the_helpdesk_unlocks_it(
     admin_key = created["admin_key"]
     serving = Serving(vsc, pcscd, start_emulator, "backup")
     serving.start()
+    # Locked is not blocked: 6283 ("selected file deactivated"), not 6983, and no try spent.
+    assert yubikit_verify(pcscd, PIN) == (0x6283, 3)
     out = yubico(pcscd, "-a", "verify-pin", "-P", PIN, returncode=1)
-    assert "blocked" in out.lower()
+    assert "blocked" not in out.lower() and "tries left" not in out.lower()
+    login = pcscd.run(
+        [program("pkcs11-tool"), "--module", pkcs11_module(), "--login", "--pin", PIN, "-O"],
+        timeout=CLIENT_TIMEOUT,
+    )
+    assert login.returncode != 0
+    assert "CKR_PIN_LOCKED" not in login.stderr and "CKR_PIN_INCORRECT" not in login.stderr
     _, verify = send_apdus(pcscd, SELECT_PIV, bytes.fromhex("0020008008") + PIN.encode())
-    assert verify.sw == 0x6983
+    assert verify.sw == 0x6283
     serving.stop()
+    assert vsc.run("info", "backup", "--json").json()["pin_tries"] == [3, 3]
 
     shown = vsc.run("unlock", "backup", "--for", "1h").stdout
     vsc.run("unlock", "backup", "--response", helpdesk(vsc, admin_key, shown))
@@ -192,7 +233,7 @@ def test_a_locked_card_refuses_verify_until_the_helpdesk_unlocks_it(
     _, lock, verify = send_apdus(
         pcscd, SELECT_PIV, bytes.fromhex("00F1010000"), bytes.fromhex("0020008008") + PIN.encode()
     )
-    assert (lock.sw, verify.sw) == (0x9000, 0x6983)
+    assert (lock.sw, verify.sw) == (0x9000, 0x6283)
     remote = RemoteTool(pcscd, admin_key)
     assert remote.run(bytes.fromhex("00F102000400000E10")) == [0x9000]  # 3600 s
     _, status = send_apdus(pcscd, SELECT_PIV, bytes.fromhex("00F1000000"))
@@ -258,3 +299,48 @@ def test_the_card_refuses_a_pin_its_policy_refuses(
     assert "abcdefgh" not in log
     (refused,) = [e for e in vsc.audit.events("carol") if e["event"] == "pin-refused"]
     assert refused["rule"] == "lowercase" and refused["via"] == "emulator"
+
+
+def test_no_client_command_gives_a_managed_card_a_known_pin_or_puk(
+    vsc: Vsc, pcscd: PcscdEnv, start_emulator: StartEmulator, tmp_path: Path
+) -> None:
+    """YubiKey's SET PIN RETRIES and RESET put back PIN 123456 and PUK 12345678; on a managed
+    card that would let anyone with the card reset the PIN without the helpdesk."""
+    admin_key = vsc.run("create", "alice", "--pin", PIN, "--json").json()["admin_key"]
+    serving = Serving(vsc, pcscd, start_emulator, "alice")
+    serving.start()
+    ykman = [program("ykman"), "--reader", pcscd.reader(0), "piv"]
+
+    def run_ykman(*args: str) -> int:
+        return pcscd.run([*ykman, *args], timeout=CLIENT_TIMEOUT).returncode
+
+    assert run_ykman("access", "set-retries", "5", "4", "-m", admin_key, "-P", PIN, "-f") == 0
+    assert "Successfully verified PIN" in yubico(pcscd, "-a", "verify-pin", "-P", PIN)
+    assert run_ykman("access", "unblock-pin", "-p", "12345678", "-n", "87654321") != 0
+    serving.stop()
+    info = vsc.run("info", "alice", "--json").json()
+    assert info["pin_tries"] == [5, 5] and info["puk_tries"] == [4, 0]
+    assert info["puk_state"] == "disabled" and info["pin_state"] == "set"
+    assert "PUK:           disabled" in vsc.run("info", "alice").stdout
+
+    # Anyone with the card can block the PIN (the PUK is blocked already) and RESET it.
+    serving.start()
+    for _ in range(5):
+        yubico(pcscd, "-a", "verify-pin", "-P", "00000000", returncode=1)
+    assert run_ykman("reset", "-f") == 0
+    yubico(pcscd, "-a", "verify-pin", "-P", "123456", returncode=1)
+    assert run_ykman("access", "unblock-pin", "-p", "12345678", "-n", "87654321") != 0
+    serving.stop()
+    assert vsc.run("info", "alice", "--json").json()["pin_state"] == "blocked"
+
+    # The helpdesk re-issues it: a new PIN and keys; the PUK stays disabled.
+    vsc.run("reprovision", "alice", "--pin-prompt", "--generate", input=f"{NEW_PIN}\n" * 2,
+            env={"VSC_ADMIN_KEY": admin_key})  # fmt: skip
+    info = vsc.run("info", "alice", "--json").json()
+    assert info["puk_state"] == "disabled" and info["pin_state"] == "set"
+    serving.start()
+    assert run_ykman("access", "unblock-pin", "-p", "12345678", "-n", "87654321") != 0
+    sign_with_pkcs11(pcscd, tmp_path, NEW_PIN)
+    serving.stop()
+    events = [(e["event"], e["via"]) for e in vsc.audit.events("alice")]
+    assert ("retries", "emulator") in events and ("reset", "emulator") in events

@@ -35,7 +35,7 @@ from vsc.testing.swtpm import Swtpm
 
 from .conftest import CLI_TIMEOUT, NEW_PIN, PIN, Vsc
 
-OK, BLOCKED = 0x9000, 0x6983
+OK, BLOCKED, LOCKED = 0x9000, 0x6983, 0x6283
 CHALLENGE_RE = re.compile(r"^  ([0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4})$", re.M)
 RESPONSE_RE = re.compile(r"^Response: ([0-9A-Z]{5}-[0-9A-Z]{5})$", re.M)
 
@@ -120,7 +120,7 @@ def test_create_list_info_destroy(vsc: Vsc) -> None:
     assert {s["slot"] for s in info["slots"]} == {"9A", "9C", "F9"}
     text = vsc.run("info", "alice").stdout
     assert "tpm: TPM 2.0 (IBM" in text and "admin unblock: yes" in text
-    assert "PUK:           disabled (random, nobody knows it)" in text
+    assert "PUK:           disabled (blocked for good)" in text
     assert admin_key not in text and admin_key.lower() not in text  # shown once, never again
 
     cards = vsc.run("list", "--json").json()
@@ -173,6 +173,32 @@ def test_the_pin_policy_is_enforced_in_the_cli(vsc: Vsc) -> None:
     assert [e["event"] for e in vsc.audit.events("a")] == ["create", "personalise", "pin-refused"]
 
 
+def test_retries_are_chosen_at_creation(plain: Vsc) -> None:
+    """MyID's 5 PIN tries, say; PIV's 3 stay the default. The card counts them."""
+    plain.run("create", "alice", "--pin-prompt", "--pin-retries", "5", "--puk", "87654321",
+              "--puk-retries", "4", input=f"{PIN}\n{PIN}\n")  # fmt: skip
+    info = plain.run("info", "alice", "--json").json()
+    assert info["pin_tries"] == [5, 5] and info["puk_tries"] == [4, 4]
+    assert info["puk_state"] == "set"
+    with Card(plain, "alice", BackendSpec.plain()) as card:
+        assert [card.verify("00000000") for _ in range(5)] == [
+            0x63C4,
+            0x63C3,
+            0x63C2,
+            0x63C1,
+            0x63C0,
+        ]
+        assert card.verify(PIN) == BLOCKED
+    assert plain.run("info", "alice", "--json").json()["pin_state"] == "blocked"
+    for bad in ("0", "16"):
+        refused = plain.run("create", "bob", "--pin-retries", bad, status=1)
+        assert "1 to 15" in refused.stderr
+    assert plain.run("info", "bob", status=1)
+    default = plain.run("create", "carol", "--pin-prompt", input=f"{PIN}\n{PIN}\n")
+    assert "PUK: disabled" in default.stdout
+    assert plain.run("info", "carol", "--json").json()["pin_tries"] == [3, 3]
+
+
 # -- locks, unlocks, unblocks ------------------------------------------------------------
 
 
@@ -181,7 +207,7 @@ def test_lock_then_unlock_for_eight_hours(vsc: Vsc) -> None:
     assert "is locked" in vsc.run("lock", "alice").stdout
     assert vsc.run("info", "alice", "--json").json()["locked"]
     with Card(vsc, "alice", tpm_backend(vsc)) as card:
-        assert card.verify(PIN) == BLOCKED
+        assert card.verify(PIN) == LOCKED
 
     shown = vsc.run("unlock", "alice", "--for", "8h").stdout
     assert "asks to unlock the card for 8 hours" in shown

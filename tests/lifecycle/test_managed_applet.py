@@ -1,6 +1,7 @@
 """A managed PIV card through its APDU interface: lock, PIN policy, counted admin key.
 
-Everything a remote tool drives: VERIFY on a locked card answers 6983; the
+Everything a remote tool drives: VERIFY on a locked card answers 6283 (locked is
+not blocked: the PIN counter stays as it is); the
 lock control command (vsc's INS F1) locks without authority and unlocks only
 after a management-key authentication; RESET RETRY COUNTER with P1 = 02 resets
 the PIN with the management key; wrong management-key answers are counted
@@ -23,13 +24,14 @@ from applets.piv import PivApplet, PivData, PivRecord
 from applets.piv.managed import AdminCounter, Managed
 from applets.piv.mgmt import DEFAULT_MANAGEMENT_KEY, ManagementKey, ManagementKeyType
 from applets.piv.pinrules import CharRule, PinRules
-from applets.piv.state import MemoryStore, Reference
+from applets.piv.state import MemoryStore, Reference, RetryCounter
 from vsc.card import Card
 from vsc.tlv import encode_tlv, parse_tlv
 
 SERIAL = 12345678
 PIN = b"123456\xff\xff"
 OK, BLOCKED, DENIED, BAD_DATA, BAD_P1P2, BAD_INS = 0x9000, 0x6983, 0x6982, 0x6A80, 0x6A86, 0x6D00
+LOCKED = 0x6283  # ISO 7816-4: selected file deactivated
 SELECT = bytes.fromhex("00A4040005A000000308")
 OTHER_KEY = bytes(range(0x20, 0x38))
 
@@ -102,15 +104,15 @@ def card() -> Managed_:
     return Managed_(Managed(PinRules(6, 8, digits=CharRule.MANDATORY)))
 
 
-def test_a_locked_card_answers_verify_with_6983_and_keeps_its_counter(card: Managed_) -> None:
+def test_a_locked_card_answers_verify_with_6283_and_keeps_its_counter(card: Managed_) -> None:
     assert card.verify() == OK
     assert card.apdu(0xF1, 0x01, 0x00) == OK  # lock now: no authority needed
     assert card.lock_status() == (True, 0)
-    assert card.verify() == BLOCKED
-    assert card.verify(block("000000")) == BLOCKED  # not even compared
-    assert card.apdu(0x20, 0x00, 0x80) == BLOCKED  # the status query too
-    assert card.apdu(0x24, 0x00, 0x80, PIN + block("111111")) == BLOCKED
-    assert card.apdu(0x2C, 0x00, 0x81 - 1, b"12345678" + block("111111")) == BLOCKED
+    assert card.verify() == LOCKED
+    assert card.verify(block("000000")) == LOCKED  # not even compared
+    assert card.apdu(0x20, 0x00, 0x80) == LOCKED  # the status query too
+    assert card.apdu(0x24, 0x00, 0x80, PIN + block("111111")) == LOCKED
+    assert card.apdu(0x2C, 0x00, 0x81 - 1, b"12345678" + block("111111")) == LOCKED
     assert card.applet.data.tries(Reference.PIN).remaining == 3
     assert card.managed.locked(card.now)
     assert ("lock", {"at": card.now}) in card.events
@@ -121,7 +123,7 @@ def test_lock_ends_the_pin_status_of_an_open_session(card: Managed_) -> None:
     card.applet.data.set_lock(card.now + 60)  # a scheduled lock
     assert card.apdu(0x20, 0x00, 0x80) == OK  # still verified
     card.now += 61
-    assert card.apdu(0x20, 0x00, 0x80) == BLOCKED
+    assert card.apdu(0x20, 0x00, 0x80) == LOCKED
     # Key operations need the card unlocked too (9E, PIN policy never, included).
     assert card.apdu(0x87, 0x11, 0x9E, bytes.fromhex("7C0482008100")) == DENIED
 
@@ -137,7 +139,7 @@ def test_unlock_needs_the_management_key_and_expires_by_itself(card: Managed_) -
     card.now += 8 * 3600 - 1
     assert card.apdu(0x20, 0x00, 0x80) == OK
     card.now += 1
-    assert card.verify() == BLOCKED  # the unlock ran out: locked again, nobody did anything
+    assert card.verify() == LOCKED  # the unlock ran out: locked again, nobody did anything
     assert card.lock_status() == (True, 0)
     # Unrestricted: no data.
     assert card.admin() == OK
@@ -256,7 +258,42 @@ def test_reset_keeps_the_card_managed_and_locked(card: Managed_) -> None:
     assert card.applet.data.managed is not None and card.managed.locked(card.now)
     assert card.admin(DEFAULT_MANAGEMENT_KEY) == DENIED  # the admin key is not the factory's
     assert card.admin(OTHER_KEY) == OK
-    assert card.verify() == BLOCKED  # the factory PIN, but the card stays locked
+    assert card.verify() == LOCKED  # the factory PIN, but the card stays locked
+
+
+def test_set_retries_gives_a_managed_card_no_known_pin_or_puk(card: Managed_) -> None:
+    """YubiKey's SET PIN RETRIES puts back PIN 123456 and PUK 12345678: not on a managed card."""
+    user_pin = block("24681357")
+    assert card.apdu(0x24, 0x00, 0x80, PIN + user_pin) == OK
+    card.applet.data.block(Reference.PUK)  # vsc create's "--puk none"
+    assert card.admin() == OK and card.verify(user_pin) == OK
+    assert card.apdu(0xFA, 5, 4) == OK
+    assert card.verify(user_pin) == OK  # the user's PIN stays
+    assert card.applet.data.tries(Reference.PIN) == RetryCounter(5, 5)
+    assert card.applet.data.tries(Reference.PUK) == RetryCounter(4, 0)  # disabled stays so
+    assert card.apdu(0x2C, 0x00, 0x80, b"12345678" + block("111111")) == BLOCKED
+    assert ("retries", {"pin_tries": 5, "puk_tries": 4}) in card.events
+    # A plain card stays a YubiKey: the defaults come back.
+    plain = Managed_(None)
+    assert plain.admin() == OK and plain.verify() == OK
+    assert plain.apdu(0xFA, 5, 4) == OK
+    assert plain.applet.data.is_default(Reference.PIN)
+    assert plain.applet.data.is_default(Reference.PUK)
+
+
+def test_reset_gives_a_managed_card_no_known_pin_or_puk(card: Managed_) -> None:
+    for ref in Reference:
+        while card.applet.data.tries(ref).remaining:
+            card.applet.data.consume_try(ref)
+    assert card.apdu(0xFB, 0x00, 0x00) == OK
+    assert card.verify() == BLOCKED  # not the factory PIN: still blocked
+    assert card.apdu(0x2C, 0x00, 0x80, b"12345678" + block("111111")) == BLOCKED
+    assert not card.applet.data.is_default(Reference.PIN)
+    assert ("reset", {}) in card.events
+    assert card.admin() == OK  # the helpdesk's way back: a new PIN with the admin key
+    assert card.apdu(0x2C, 0x02, 0x80, block("24681357")) == OK
+    assert card.verify(block("24681357")) == OK
+    assert card.applet.data.tries(Reference.PUK).remaining == 0
 
 
 def test_a_plain_card_is_a_yubikey(card: Managed_) -> None:

@@ -44,7 +44,7 @@ from vsc.tlv import encode_tlv, parse_tlv, parse_tlvs
 
 from .conftest import NEW_PIN, PIN
 
-OK, BLOCKED = 0x9000, 0x6983
+OK, BLOCKED, LOCKED = 0x9000, 0x6983, 0x6283
 
 
 def block(pin: str) -> bytes:
@@ -141,7 +141,9 @@ def test_create_personalises_a_managed_card(manager: CardManager) -> None:
     assert report.managed and report.profile == "yubikey" and report.lock == "unlocked"
     assert report.serial == created.serial
     assert report.pin_tries == (3, 3) and not report.pin_is_default
-    assert not report.puk_is_default and report.puk_kind == "random (unknown)"
+    assert not report.puk_is_default and report.puk_kind == "disabled"
+    assert report.puk_state == "disabled" and report.puk_tries == (3, 0)
+    assert report.pin_state == "set"
     assert report.admin_tries == (10, 10) and report.admin_unblock
     assert report.admin_key_algorithm == "TDES" and not report.admin_key_is_default
     slots = {s.slot: s for s in report.slots}
@@ -187,7 +189,7 @@ def test_a_card_created_locked_works_only_after_an_unlock(manager: CardManager) 
     created = manager.create("backup", pin=PIN, locked=True)
     assert manager.info("backup").locked
     with Served(manager, "backup") as served:
-        assert served.verify(PIN) == BLOCKED
+        assert served.verify(PIN) == LOCKED
     pending = manager.begin_unlock("backup", 60)
     manager.complete("backup", respond(created, pending.challenge))
     with Served(manager, "backup") as served:
@@ -210,7 +212,7 @@ def test_unlock_for_a_while_relocks_by_itself(manager: CardManager, clock: Manua
         assert served.verify(PIN) == OK
     clock.advance(1)
     with Served(manager, "alice") as served:
-        assert served.verify(PIN) == BLOCKED
+        assert served.verify(PIN) == LOCKED
     assert manager.info("alice").lock == "locked"
 
 
@@ -516,7 +518,7 @@ def test_the_whole_workflow_on_each_backend(tmp_path: Path, any_backend: Backend
     created = manager.create("alice", pin=PIN, generate=True)
     manager.lock("alice")
     with Served(manager, "alice") as served:
-        assert served.verify(PIN) == BLOCKED
+        assert served.verify(PIN) == LOCKED
     pending = manager.begin_unlock("alice", 60)
     manager.complete("alice", respond(created, pending.challenge))
     block_the_pin(manager, "alice")

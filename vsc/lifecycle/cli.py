@@ -71,6 +71,7 @@ from .adminkey import parse_admin_key
 from .audit import AuditLog
 from .capacity import DEFAULT_CAPACITY
 from .certs import ProvisioningError
+from .creation import MAX_TRIES
 from .errors import LifecycleError, Refused
 from .gids import is_gids_challenge
 from .helpdesk import Pending
@@ -216,6 +217,18 @@ def register(subparsers: Subparsers) -> None:
             metavar="RULE",
             help="optional, mandatory or not-allowed (also Windows' allowed/required/disallowed)",
         )
+    create.add_argument(
+        "--pin-retries",
+        type=int,
+        metavar="N",
+        help=f"wrong PINs before the PIN blocks, 1-{MAX_TRIES} (default 3, as PIV; MyID uses 5)",
+    )
+    create.add_argument(
+        "--puk-retries",
+        type=int,
+        metavar="N",
+        help=f"wrong PUKs before the PUK blocks, 1-{MAX_TRIES} (default 3; moot with --puk none)",
+    )
     create.add_argument(
         "--admin-tries",
         type=int,
@@ -515,6 +528,10 @@ def _create(args: argparse.Namespace) -> int:
         kwargs["admin_tries"] = args.admin_tries
     if args.admin_recovery is not None:
         kwargs["admin_recovery"] = args.admin_recovery
+    if args.pin_retries is not None:
+        kwargs["pin_tries"] = args.pin_retries
+    if args.puk_retries is not None:
+        kwargs["puk_tries"] = args.puk_retries
     created = manager.create(
         args.name,
         profile=profile.name,
@@ -553,7 +570,7 @@ def _create(args: argparse.Namespace) -> int:
     elif chosen_key is not None:
         print(f"Admin key: the one given ({chosen_key.source}).")
     if args.puk == "none":
-        print("PUK: random and not shown: a blocked PIN is reset with `vsc unblock`.")
+        print("PUK: disabled: a blocked PIN is reset with `vsc unblock`.")
     if created.generated:
         print("Generated on the card: " + ", ".join(f"{s:02X}" for s in created.generated))
     if created.locked:
@@ -605,19 +622,24 @@ def _print_report(r: CardReport) -> None:
     print(f"  state:         {r.lock}")
     if r.pending:
         print(f"  challenge:     outstanding, to {r.pending}")
-    print(
-        f"  PIN:           {r.pin_tries[1]} of {r.pin_tries[0]} tries left"
-        + (" (factory default)" if r.pin_is_default else "")
-    )
+    pin = f"{r.pin_tries[1]} of {r.pin_tries[0]} tries left"
+    if r.pin_state == "blocked":
+        pin = f"blocked (0 of {r.pin_tries[0]} tries left)" + (
+            ": reset it with `vsc unblock`" if r.admin_unblock else ""
+        )
+    elif r.pin_state == "factory default":
+        pin += " (factory default 123456)"
+    print(f"  PIN:           {pin}")
     for line in r.pin_policy:
         print(f"    policy:      {line}")
-    if r.puk_kind == "random (unknown)":
-        print("  PUK:           disabled (random, nobody knows it): unblock with `vsc unblock`")
-    else:
-        print(
-            f"  PUK:           {r.puk_tries[1]} of {r.puk_tries[0]} tries left"
-            + (" (factory default)" if r.puk_is_default else "")
-        )
+    puk = f"{r.puk_tries[1]} of {r.puk_tries[0]} tries left"
+    if r.puk_state == "disabled":
+        puk = "disabled (blocked for good): a blocked PIN is reset with `vsc unblock`"
+    elif r.puk_state == "blocked":
+        puk = f"blocked (0 of {r.puk_tries[0]} tries left)"
+    elif r.puk_state == "factory default":
+        puk += " (factory default 12345678: anyone with the card can reset the PIN!)"
+    print(f"  PUK:           {puk}")
     admin = f"  admin key:     {r.admin_key_algorithm}"
     if r.admin_key_is_default:
         admin += " (factory default!)"

@@ -19,7 +19,7 @@ from applets.piv.managed import DEFAULT_ADMIN_RECOVERY, DEFAULT_ADMIN_TRIES, Adm
 from applets.piv.mgmt import ManagementKey, ManagementKeyType
 from applets.piv.objects import certificate_object, certificate_value
 from applets.piv.pinrules import PinRules
-from applets.piv.state import DEFAULT_PIN, DEFAULT_PUK, Reference
+from applets.piv.state import DEFAULT_PIN, DEFAULT_PUK, DEFAULT_TRIES, Reference
 from vsc.store import StoredCard
 from vsc.store.errors import CardExists, StoreError
 from vsc.store.piv import BINDING, StoredPivApplet, StoredPivData, open_piv
@@ -30,7 +30,10 @@ from .certs import parse_subject, self_signed
 from .errors import LifecycleError, PinPolicyViolation
 from .profiles import DEFAULT_PROFILE, PIV_PIN_MAX, PROFILES, Profile
 
-__all__ = ["Created", "Creating", "chosen_rules", "generate_keys"]
+__all__ = ["MAX_TRIES", "Created", "Creating", "chosen_rules", "generate_keys"]
+
+#: The most PIN or PUK tries ``create`` sets: VERIFY's 63Cx tells at most 15 left.
+MAX_TRIES = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +73,9 @@ def generate_keys(stored: StoredCard, applet: StoredPivApplet, profile: Profile)
 
 def _puk(puk: str | None) -> tuple[bytes, str]:
     if puk is None or puk == "none":
+        # A random value, and the counter at zero (see _personalise): disabled.
         digits = "".join(secrets.choice("0123456789") for _ in range(PIV_PIN_MAX))
-        return digits.encode(), "random (unknown)"
+        return digits.encode(), "disabled"
     if puk == "default":
         return DEFAULT_PUK, "default"
     raw = puk.encode()
@@ -98,6 +102,8 @@ class Creating(ManagerBase):
         admin_tries: int = DEFAULT_ADMIN_TRIES,
         admin_recovery: int = DEFAULT_ADMIN_RECOVERY,
         serial: int | None = None,
+        pin_tries: int = DEFAULT_TRIES,
+        puk_tries: int = DEFAULT_TRIES,
     ) -> Created:
         """Create and personalise a managed card (``tpmvscmgr create``).
 
@@ -106,8 +112,15 @@ class Creating(ManagerBase):
         through the admin key, as on Windows), ``"default"`` keeps 12345678.
         ``admin_key``: ``"random"`` (returned once in :attr:`Created.admin_key`),
         ``"default"`` (the factory key: anyone can then answer challenges), hex,
-        or a :class:`ManagementKey`.
+        or a :class:`ManagementKey`. ``pin_tries`` and ``puk_tries``: wrong
+        values before each blocks (1 to :data:`MAX_TRIES`).
         """
+        for what, tries in (("PIN", pin_tries), ("PUK", puk_tries)):
+            if not 1 <= tries <= MAX_TRIES:
+                raise LifecycleError(
+                    f"{what} tries: {tries} is not 1 to {MAX_TRIES} (a PIV card tells the"
+                    f" tries left in VERIFY's status word, 63C0 to 63CF)"
+                )
         spec = self.require_backend()
         chosen = PROFILES.get(profile)
         if chosen is None:
@@ -132,6 +145,7 @@ class Creating(ManagerBase):
                 key,
                 generate,
                 serial,
+                (pin_tries, puk_tries),
             )
         except BaseException:
             stored.close()
@@ -162,6 +176,8 @@ class Creating(ManagerBase):
             puk_kind=puk_kind,
             pin_kind="default" if pin is None else "chosen",
             pin_policy=rules.to_dict(),
+            pin_tries=pin_tries,
+            puk_tries=puk_tries,
             generated=[f"{slot:02X}" for slot in generated],
             locked=locked,
         )
@@ -184,12 +200,16 @@ class Creating(ManagerBase):
         key: ManagementKey,
         generate: bool,
         serial: int | None,
+        tries: tuple[int, int],
     ) -> tuple[int, tuple[int, ...]]:
         puk, puk_kind = puk_choice
         applet = open_piv(stored, serial=serial)
         data = applet.data
         assert isinstance(data, StoredPivData)
         stored.unlock(BINDING, "pin", DEFAULT_PIN)  # a fresh card: the factory PIN
+        if tries != (DEFAULT_TRIES, DEFAULT_TRIES):
+            data.set_retries(*tries)  # still a factory card: re-sealed under the defaults
+            stored.unlock(BINDING, "pin", DEFAULT_PIN)  # (SET PIN RETRIES locks the binding)
         try:
             with stored.transaction():
                 stored.put(
@@ -203,6 +223,8 @@ class Creating(ManagerBase):
                 data.set_secret(Reference.PUK, puk)
                 data.set_management_key(key)
                 data.add_admin_role()
+                if puk_kind == "disabled":
+                    data.block(Reference.PUK)
             generated = generate_keys(stored, applet, profile) if generate else ()
         finally:
             stored.lock(BINDING)

@@ -26,7 +26,7 @@ __all__ = ["create", "holds", "info", "respond", "unblock"]
 
 _KEY_LENGTHS = {"3des": 24, "aes128": 16, "aes256": 32}
 #: ``vsc create`` options that belong to PIV's profiles and mean nothing to a GIDS card.
-_PIV_ONLY = ("generate", "locked", "admin_tries", "admin_recovery")
+_PIV_ONLY = ("generate", "locked", "admin_tries", "admin_recovery", "puk_retries")
 
 
 def holds(manager: CardManager, name: str) -> bool:
@@ -79,6 +79,7 @@ def create(args: argparse.Namespace, manager: CardManager, pin: str | None, admi
         admin_key=admin_key,
         admin_key_length=_KEY_LENGTHS[key_type],
         rules=_rules(args),
+        **({"pin_tries": args.pin_retries} if args.pin_retries is not None else {}),
     )
     backend = manager.backend.kind if manager.backend else "?"
     if args.json:

@@ -105,9 +105,15 @@ class CardReport:
     pin_is_default: bool
     puk_tries: tuple[int, int]
     puk_is_default: bool
-    #: How the PUK was chosen at creation: "random (unknown)", "default", "chosen"; None if
-    #: the card was not made by vsc create.
+    #: How the PUK was chosen at creation: "disabled", "default", "chosen" (older cards:
+    #: "random (unknown)"); None if the card was not made by vsc create. History only:
+    #: :attr:`puk_state` is what the card holds now.
     puk_kind: str | None
+    #: The PIN as the card holds it now: "set", "factory default" or "blocked".
+    pin_state: str
+    #: The PUK as the card holds it now: "set", "factory default", "blocked", or
+    #: "disabled" (blocked on a managed card, where nothing can re-enable it).
+    puk_state: str
     admin_key_algorithm: str
     admin_key_is_default: bool
     admin_tries: tuple[int, int] | None
@@ -169,6 +175,13 @@ def slot_report(applet: StoredPivApplet, data: StoredPivData, slot: int) -> Slot
 def _tries(data: StoredPivData, ref: Reference) -> tuple[int, int]:
     tries = data.tries(ref)
     return tries.maximum, tries.remaining
+
+
+def secret_state(data: StoredPivData, ref: Reference) -> str:
+    """What the card holds for ``ref`` now (see :attr:`CardReport.puk_state`)."""
+    if data.tries(ref).remaining == 0:
+        return "disabled" if ref is Reference.PUK and data.managed is not None else "blocked"
+    return "factory default" if data.is_default(ref) else "set"
 
 
 def _cert_slots(data: StoredPivData) -> set[int]:
@@ -239,6 +252,8 @@ class Reporting(ManagerBase):
                 puk_tries=_tries(data, Reference.PUK),
                 puk_is_default=data.is_default(Reference.PUK),
                 puk_kind=record.get("puk"),
+                pin_state=secret_state(data, Reference.PIN),
+                puk_state=secret_state(data, Reference.PUK),
                 admin_key_algorithm=data.management_key.key_type.name,
                 admin_key_is_default=data.management_key.is_default,
                 admin_tries=(admin.maximum, admin.remaining) if admin else None,

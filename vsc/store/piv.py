@@ -58,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from types import MappingProxyType
@@ -430,11 +431,15 @@ class StoredPivData(PivData):
             raise SecurityStatusNotSatisfied(f"{ref.name} change needs the binding") from None
 
     def set_retries(self, pin_tries: int, puk_tries: int) -> None:
-        """New maxima; PIN and PUK back to their defaults (the binding re-sealed)."""
+        """New maxima; PIN and PUK back to their defaults (the binding re-sealed).
+
+        A managed card keeps its PIN and PUK, so its binding is not touched.
+        """
         try:
             with self._group():
-                self._card.rebind(BINDING, _ROLES[Reference.PIN], DEFAULT_PIN)
-                self._card.rebind(BINDING, _ROLES[Reference.PUK], DEFAULT_PUK)
+                if self.managed is None:
+                    self._card.rebind(BINDING, _ROLES[Reference.PIN], DEFAULT_PIN)
+                    self._card.rebind(BINDING, _ROLES[Reference.PUK], DEFAULT_PUK)
                 super().set_retries(pin_tries, puk_tries)
         except BindingLocked:
             raise SecurityStatusNotSatisfied("SET PIN RETRIES needs the binding") from None
@@ -444,13 +449,20 @@ class StoredPivData(PivData):
     def factory_reset(self) -> None:
         """A new binding under the default PIN and PUK; the old one and its keys destroyed.
 
-        A managed card keeps an ``admin`` role, under the factory management key.
+        A managed card gets no well-known value: its PIN and PUK roles are sealed
+        under random values nobody learns (both are blocked: RESET needs that, and
+        the helpdesk's PIN reset re-seals the PIN's), and it keeps an ``admin`` role
+        under its management key.
         """
+        if self.managed is not None:
+            secrets_ = {role: secrets.token_bytes(8) for role in _FACTORY_SECRETS}
+        else:
+            secrets_ = _FACTORY_SECRETS
         try:
             with self._group():
                 if BINDING in self._card.bindings():
                     self._card.delete_binding(BINDING)
-                self._card.create_binding(BINDING, _FACTORY_SECRETS)
+                self._card.create_binding(BINDING, secrets_)
                 super().factory_reset()
                 if self.managed is not None:
                     self._card.rebind(BINDING, ADMIN_ROLE, admin_secret(self.management_key))
