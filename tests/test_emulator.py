@@ -24,7 +24,8 @@ from applets.echo import ECHO_AID
 from vsc.apdu import CommandApdu
 from vsc.applet import Applet, command
 from vsc.card import DEFAULT_ATR, Card
-from vsc.emulator import Backoff, Emulator, _tune, default_card, main
+from vsc.emulator import Backoff, Emulator, default_card, main
+from vsc.emulator.slot import _tune
 
 TIMEOUT = 10.0  # upper bound of every wait; the tests never rely on it being reached
 FRAME_TIMEOUT = 0.3

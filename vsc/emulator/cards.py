@@ -1,0 +1,182 @@
+"""What a slot serves: factory-fresh cards in memory and persistent cards from the store.
+
+Every card-construction choice lives here: the application (``--applet``),
+the store location of a ``--card``, its protection backend (never guessed),
+and the audit hook of a card that belongs to a store. The command line
+(:mod:`vsc.emulator.cli`) collects the options and calls :func:`default_card`
+for in-memory slots and :func:`open_card` for ``--card``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+from applets.echo import EchoApplet
+from applets.gids import GIDS_ATR, GidsApplet
+from applets.piv import PivApplet
+
+from ..card import DEFAULT_ATR, Card
+from ..lifecycle.audit import AuditLog
+from ..store import (
+    BackendSpec,
+    CardExists,
+    CardNotFound,
+    CardStore,
+    StoredCard,
+    create_card,
+    default_store_path,
+)
+from ..store import open_card as open_stored_card
+from ..store.gids import has_gids, open_gids
+from ..store.piv import RECORD as PIV_RECORD
+from ..store.piv import open_piv
+from ..store.store import CARDS_DIR
+
+__all__ = [
+    "APPLETS",
+    "BACKEND_ENVIRONMENT",
+    "CardOpenError",
+    "backend_from",
+    "default_card",
+    "open_card",
+]
+
+# Not __name__: one logger for the whole front-end, as before its split.
+log = logging.getLogger("vsc.emulator")
+
+#: The card applications ``--applet`` offers.
+APPLETS: Final = ("piv", "gids")
+
+
+def default_card(serial: int | None = None, applet: str = "piv") -> Card:
+    """A factory-default card: the applets a fresh emulator offers.
+
+    ``applet`` chooses the card's application: ``piv`` (a YubiKey's ATR) or
+    ``gids`` (an empty GIDS card with the ATR of a Windows virtual smart card).
+    """
+    if applet == "gids":
+        card = Card(atr=GIDS_ATR)
+        card.register(GidsApplet(serial=serial), default=True)
+    elif applet == "piv":
+        card = Card()
+        card.register(PivApplet(serial=serial), default=True)
+    else:
+        raise ValueError(f"unknown applet {applet!r}; choose one of {', '.join(APPLETS)}")
+    card.register(EchoApplet())
+    return card
+
+
+#: Environment variables that choose a protection backend (``--tpm`` etc. win over them).
+BACKEND_ENVIRONMENT: Final = ("VSC_TPM", "VSC_KEY_FILE", "VSC_PASSPHRASE")
+
+
+class CardOpenError(Exception):
+    """A ``--card`` that cannot be served: the emulator says why and exits with status 2."""
+
+
+def backend_from(
+    *,
+    tpm: str | None = None,
+    key_file: str | None = None,
+    insecure_plain: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> BackendSpec:
+    """The protection backend of ``--card``: a flag, else exactly one of the variables.
+
+    Never a default: a TPM only from ``--tpm``/``VSC_TPM``, nothing unprotected
+    without ``--insecure-plain``.
+    """
+    if tpm:
+        return BackendSpec.tpm(tpm)
+    if key_file:
+        return BackendSpec.software(key_file=key_file)
+    if insecure_plain:
+        return BackendSpec.plain()
+    chosen = [name for name in BACKEND_ENVIRONMENT if environ.get(name)]
+    if len(chosen) > 1:
+        raise CardOpenError(
+            f"{' and '.join(chosen)} are all set: choose one backend"
+            " (or give --tpm, --key-file or --insecure-plain)"
+        )
+    if not chosen:
+        raise CardOpenError(
+            "--card needs a protection backend: --tpm TCTI (or VSC_TPM) for a TPM,"
+            " --key-file PATH (or VSC_KEY_FILE) or VSC_PASSPHRASE for the software backend,"
+            " or --insecure-plain for tests"
+        )
+    value = environ[chosen[0]]
+    if chosen[0] == "VSC_TPM":
+        return BackendSpec.tpm(value)
+    if chosen[0] == "VSC_KEY_FILE":
+        return BackendSpec.software(key_file=value)
+    return BackendSpec.software(passphrase=value.encode())
+
+
+def _card_location(spec: str, store: Path | None) -> tuple[Path, str]:
+    """``--card`` names a card in the store, or (with a ``/``, or a leading ``.``/``~``) a path."""
+    if "/" in spec or spec.startswith((".", "~")):
+        path = Path(spec).expanduser().absolute()
+        return path, path.name
+    return CardStore(store if store is not None else default_store_path()).path_of(spec), spec
+
+
+def _open_or_create(path: Path, name: str, backend: BackendSpec) -> StoredCard:
+    try:
+        return open_stored_card(path, backend, name=name)
+    except CardNotFound:
+        if path.exists():
+            raise CardOpenError(f"{path} exists but is not a card") from None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        stored = create_card(path, backend, name=name)
+    except CardExists:  # another process created it a moment ago
+        return open_stored_card(path, backend, name=name)
+    log.warning("card %r: created with factory defaults at %s", name, path)
+    return stored
+
+
+def _stored_applet(stored: StoredCard, applet: str | None) -> tuple[PivApplet | GidsApplet, bytes]:
+    """The application of a stored card and its ATR: what it holds, else ``applet`` (PIV)."""
+    held = "gids" if has_gids(stored) else "piv" if stored.get(PIV_RECORD) is not None else None
+    if held is not None and applet is not None and held != applet:
+        raise CardOpenError(f"card {stored.name!r} is a {held.upper()} card, not {applet.upper()}")
+    if (held or applet) == "gids":
+        return open_gids(stored), GIDS_ATR
+    return open_piv(stored), DEFAULT_ATR
+
+
+def open_card(
+    spec: str, backend: BackendSpec, *, store: Path | None = None, applet: str | None = None
+) -> tuple[Card, StoredCard]:
+    """The persistent card ``--card PATH|NAME`` names, created factory-fresh when missing.
+
+    A new card gets ``applet`` (PIV by default); an existing one keeps its own
+    (:class:`CardOpenError` if ``applet`` names another).
+
+    Returns the card to serve and its store handle, which the caller closes
+    once no thread uses the card any more. Raises :class:`vsc.store.StoreError`
+    (in use, another TPM or key, unreadable) or :class:`CardOpenError`.
+    """
+    path, name = _card_location(spec, store)
+    stored = _open_or_create(path, name, backend)
+    try:
+        info = stored.backend
+        if info.kind == "plain":
+            log.warning("card %r: --insecure-plain: its keys and PINs are NOT protected", name)
+        log.info("card %r at %s: %s", name, path, info.summary)
+        card_applet, atr = _stored_applet(stored, applet)
+        if path.parent.name == CARDS_DIR:
+            # A card of a store: lifecycle events through its APDUs go to the store's audit
+            # log (a managed card's lock and expiry are the applet's own business).
+            card_applet.events = AuditLog(path.parent.parent, via="emulator").card_hook(name)
+        card = Card(atr=atr)
+        card.register(card_applet, default=True)
+        card.register(EchoApplet())
+    except BaseException:
+        stored.close()
+        raise
+    return card, stored
