@@ -17,10 +17,11 @@ from vsc.masking import TraceRules
 from .echo import EchoApplet
 from .gids.applet import GidsApplet
 from .piv.applet import PivApplet
+from .yubikey.management import ManagementApplet
 
 __all__ = ["APPLETS", "trace_rules_for"]
 
-APPLETS: tuple[type[Applet[Any]], ...] = (PivApplet, GidsApplet, EchoApplet)
+APPLETS: tuple[type[Applet[Any]], ...] = (PivApplet, ManagementApplet, GidsApplet, EchoApplet)
 
 
 def trace_rules_for(aid: bytes) -> TraceRules | None:

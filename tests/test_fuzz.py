@@ -53,6 +53,7 @@ from vsc.fuzz.inputs import (
     parse_input,
 )
 from vsc.fuzz.mutate import Mutator
+from vsc.fuzz.piv import PROFILE
 from vsc.fuzz.seeds import seed_inputs
 from vsc.testing.plugin import unavailable
 
@@ -122,7 +123,7 @@ class StickyPinPiv(PivApplet):
     """Every session shares one SecurityState: a power cycle keeps the PIN verified."""
 
     def __init__(self) -> None:
-        super().__init__(serial=FUZZ_SERIAL)
+        super().__init__(serial=FUZZ_SERIAL, profile=PROFILE)
         self.shared = SecurityState()
 
     def new_session(self) -> SecurityState:
@@ -154,7 +155,7 @@ def card_with(piv: PivApplet, card: Card | None = None) -> Card:
 
 
 def factory(cls: type[PivApplet]) -> Callable[[], Card]:
-    return lambda: card_with(cls(serial=FUZZ_SERIAL))
+    return lambda: card_with(cls(serial=FUZZ_SERIAL, profile=PROFILE))
 
 
 # -- the real card ----------------------------------------------------------------------------
@@ -242,13 +243,13 @@ def run_one(card_factory: Callable[[], Card], steps: FuzzInput, **kwargs: Any) -
         (factory(BadSwPiv), (h("00FD0100"),), "law", "invalid status word 6000"),
         (factory(SixCeePiv), (h("00F86C00"),), "law", "6Cxx"),
         (
-            lambda: card_with(PivApplet(serial=FUZZ_SERIAL), ShortResponseCard()),
+            lambda: card_with(PivApplet(serial=FUZZ_SERIAL, profile=PROFILE), ShortResponseCard()),
             (h("00F80100"),),
             "law",
             "response of 1 bytes",
         ),
         (
-            lambda: card_with(PivApplet(serial=FUZZ_SERIAL), ShortResponseCard()),
+            lambda: card_with(PivApplet(serial=FUZZ_SERIAL, profile=PROFILE), ShortResponseCard()),
             (h("00F8020000"),),
             "law",
             "data bytes for Ne 256",
@@ -262,7 +263,7 @@ def run_one(card_factory: Callable[[], Card], steps: FuzzInput, **kwargs: Any) -
             "VERIFY status after power cycle",
         ),
         (
-            lambda: card_with(PivApplet(serial=FUZZ_SERIAL), RaisingPowerCard()),
+            lambda: card_with(PivApplet(serial=FUZZ_SERIAL, profile=PROFILE), RaisingPowerCard()),
             (Step(StepKind.RESET),),
             "exception",
             "OSError: reset failed",

@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from applets.echo import ECHO_AID, EchoApplet
-from applets.piv import PivApplet, PivData, PivRecord
+from applets.piv import YUBIKEY_5_7, PivApplet, PivData, PivRecord
 from applets.piv import state as piv_state
+from applets.piv.mgmt import ManagementKey, ManagementKeyType
 from vsc import Card
 from vsc.apdu import CommandApdu
 from vsc.inproc import CardConnection
@@ -53,7 +54,7 @@ BAD_INS = 0x6D00
 KEY_SLOTS = [0x9A, 0x9C, 0x9D, 0x9E, *range(0x82, 0x96)]
 # Every container of SP 800-73-4 Part 1 Table 3 (5FC101-5FC123) and Yubico's.
 STORED_OBJECTS = [*range(0x5FC101, 0x5FC124), 0x5FFF00, 0x5FFF01, 0x5FFF10, 0x5FFFFF]
-PIN_OBJECTS = {0x5FC103, 0x5FC108, 0x5FC109, 0x5FC121, 0x5FC123}
+PIN_OBJECTS = {0x5FC103, 0x5FC108, 0x5FC109, 0x5FC121}  # a YubiKey's (5FC123: no PIN)
 
 
 def pin_block(pin: str) -> bytes:
@@ -68,10 +69,18 @@ def ecb(key: bytes, block: bytes, *, decrypt: bool = False) -> bytes:
 
 
 class Piv:
-    """A card with PIV as the default applet, and short-APDU helpers."""
+    """A card with PIV as the default applet, and short-APDU helpers.
+
+    By default a YubiKey 5.7 (every instruction and algorithm) whose management
+    key is the factory key as 3DES, as an older YubiKey has it: the raw APDUs and
+    vectors below are 3DES ones. Profile differences: tests/test_piv_profiles.py.
+    """
 
     def __init__(self, applet: PivApplet | None = None) -> None:
-        self.applet = applet if applet is not None else PivApplet(serial=SERIAL)
+        if applet is None:
+            applet = PivApplet(serial=SERIAL, profile=YUBIKEY_5_7)
+            applet.data.set_management_key(ManagementKey(ManagementKeyType.TDES, DEFAULT_KEY))
+        self.applet = applet
         self.card = Card()
         self.card.register(self.applet, default=True)
         self.card.register(EchoApplet())
@@ -312,13 +321,14 @@ def test_every_container_round_trips_with_its_access_rule(admin: Piv, tag: int) 
     assert admin.get_object(tag)[1] == NOT_FOUND
 
 
-def test_pin_protected_objects_answer_6982_even_when_absent(piv: Piv) -> None:
-    """Lets OpenSC's GENERIC driver detect the login state ("Choices": 6982, not 6A82)."""
+def test_absent_pin_protected_objects_answer_6a82_before_the_pin(admin: Piv) -> None:
+    """A YubiKey says "absent" first (OpenSC flags YubiKeys "leaks file not found")."""
     for tag in sorted(PIN_OBJECTS):
-        assert piv.get_object(tag)[1] == SECURITY
-    assert piv.verify() == OK
-    for tag in sorted(PIN_OBJECTS):
-        assert piv.get_object(tag)[1] == NOT_FOUND
+        assert admin.get_object(tag)[1] == NOT_FOUND
+    assert admin.put_object(0x5FC108, b"face") == OK
+    assert admin.get_object(0x5FC108)[1] == SECURITY
+    assert admin.verify() == OK
+    assert admin.get_object(0x5FC108) == (encode_tlv(0x53, b"face"), OK)
 
 
 def test_pin_protected_read_needs_pin_again_after_reset(admin: Piv) -> None:
@@ -334,7 +344,10 @@ def test_put_data_errors(admin: Piv) -> None:
     assert admin.sw(0xDB, 0x3F, 0xFF, bytes.fromhex("5C035FC102")) == INVALID_DATA
     assert admin.sw(0xDB, 0x3F, 0xFF, bytes.fromhex("53005C035FC102")) == INVALID_DATA
     assert admin.sw(0xDB, 0x3F, 0xFF, bytes.fromhex("5C035FC1025305AA")) == INVALID_DATA
-    assert admin.put_object(0x5FC201, b"\x01") == INVALID_DATA  # not a PIV object
+    assert admin.put_object(0x5E0000, b"\x01") == INVALID_DATA  # not a YubiKey object
+    assert admin.put_object(0x600000, b"\x01") == INVALID_DATA
+    assert admin.get_object(0x600000)[1] == INVALID_DATA
+    assert admin.get_object(0x5E0000)[1] == INVALID_DATA
     assert admin.put_object(0x7E, DISCOVERY[2:]) == NOT_SUPPORTED
     assert admin.sw(0xDB, 0x3F, 0xFF, DISCOVERY) == NOT_SUPPORTED
     assert admin.raw("00CB3FFF035C017E") == (DISCOVERY, OK)
@@ -361,10 +374,12 @@ def test_large_object_both_ways(admin: Piv) -> None:
     assert admin.get_object(0x5FC105)[0] == out  # unchanged
 
 
-def test_facial_image_may_be_as_large_as_sp800_73_allows(admin: Piv) -> None:
-    value = b"\xfa" * 12704
+def test_every_object_fits_the_yubikey_buffer(admin: Piv) -> None:
+    """3063 bytes per object (a 3072-byte buffer less the 5C/53 framing), any tag."""
+    value = b"\xfa" * 3063
     assert admin.put_object(0x5FC108, value) == OK
     assert admin.put_object(0x5FC108, value + b"\x00") == NO_SPACE
+    assert admin.put_object(0x5F0001, value + b"\x00") == NO_SPACE
     assert admin.verify() == OK
     assert admin.get_object(0x5FC108) == (encode_tlv(0x53, value), OK)
 
@@ -504,7 +519,7 @@ def test_change_pin_wrong_old_counts_and_clears_status(piv: Piv) -> None:
     ],
 )
 def test_change_pin_rejects_malformed_new_pin_after_checking_the_old(piv: Piv, new: bytes) -> None:
-    assert piv.sw(0x24, 0x00, 0x80, PIN + new) == INVALID_DATA
+    assert piv.sw(0x24, 0x00, 0x80, PIN + new) == CONDITIONS  # a YubiKey's 6985
     assert piv.metadata(0x80)[0x06] == b"\x03\x03"  # old PIN was right: counter full
     assert piv.verify(PIN) == OK  # unchanged
 
@@ -526,10 +541,11 @@ def test_change_puk(piv: Piv) -> None:
     assert piv.raw("00200080")[1] == 0x63C3  # a PUK change does not verify the PIN
 
 
-def test_puk_accepts_any_bytes(piv: Piv) -> None:
-    """Appendix A.10: any byte values, 6-8 long."""
+def test_a_5_7_puk_takes_bytes_00_to_7f_only(piv: Piv) -> None:
+    """Firmware 5.7 refuses PUK bytes above 7F (6985); the PUK stays as it was."""
     new = bytes.fromhex("8081829091a0")
-    assert piv.sw(0x24, 0x00, 0x81, PUK + new.ljust(8, b"\xff")) == OK
+    assert piv.sw(0x24, 0x00, 0x81, PUK + new.ljust(8, b"\xff")) == CONDITIONS
+    assert piv.sw(0x24, 0x00, 0x81, PUK + bytes(range(1, 9))) == OK
 
 
 def test_reset_retry_counter(piv: Piv) -> None:
@@ -553,7 +569,7 @@ def test_reset_retry_counter_errors(piv: Piv) -> None:
     assert piv.sw(0x2C, 0x00, 0x81, PUK + PIN) == REF_NOT_FOUND
     assert piv.sw(0x2C, 0x01, 0x80, PUK + PIN) == BAD_P1P2
     assert piv.sw(0x2C, 0x00, 0x80, PUK) == INVALID_DATA
-    assert piv.sw(0x2C, 0x00, 0x80, PUK + pin_block("123")) == INVALID_DATA
+    assert piv.sw(0x2C, 0x00, 0x80, PUK + pin_block("123")) == CONDITIONS
     assert piv.metadata(0x81)[0x06] == b"\x03\x03"
     assert piv.verify(PIN) == OK  # the PIN did not change
 
@@ -1154,13 +1170,14 @@ def test_reset(admin: Piv) -> None:
     assert admin.sw(0xF7, 0x00, 0x85) == REF_NOT_FOUND
     assert admin.metadata(0xF9) == f9_before  # the attestation key survives
     assert admin.get_object(0x5FFF01) == attestation_before
-    assert admin.ok(0xF7, 0x00, 0x9B) == bytes.fromhex("01010302020001050101")
+    # The 5.7 factory key: the same 24 bytes, as AES-192.
+    assert admin.ok(0xF7, 0x00, 0x9B) == bytes.fromhex("01010A02020001050101")
     assert admin.metadata(0x80) == {0x01: b"\xff", 0x05: b"\x01", 0x06: b"\x03\x03"}
     assert admin.metadata(0x81) == {0x01: b"\xff", 0x05: b"\x01", 0x06: b"\x03\x03"}
     assert admin.verify() == OK
     for tag in (0x5FC102, 0x5FC105, 0x5FFF00, 0x5FC109):
         assert admin.get_object(tag)[1] == NOT_FOUND
-    admin.authenticate()  # the default 3DES key again
+    admin.authenticate(alg=0x0A)
 
 
 def test_reset_clears_security_state_on_other_channels(admin: Piv) -> None:

@@ -26,7 +26,7 @@ so observing does not disturb the rules.
 
 Modelled choices where the sources leave room (the implementation's reading):
 a correct old PIN/PUK restores its counter even if the new value is then
-rejected (``6A80``); PIN-always arming is per channel and is disarmed only by
+rejected (``6985``, a YubiKey's answer); PIN-always arming is per channel and is disarmed only by
 commands the PIV applet processes on that channel (MANAGE CHANNEL and SELECT
 of an unknown AID are card-level and leave it, chaining continuations too);
 SET PIN RETRIES clears the PIN status of every channel, RESET (FB) every
@@ -58,7 +58,7 @@ from hypothesis.stateful import (
 )
 
 from applets.echo import EchoApplet
-from applets.piv import PivApplet
+from applets.piv import YUBIKEY_5_7, PivApplet, PivProfile
 from applets.piv.security import SecurityState
 from vsc import Card, CommandApdu, command
 from vsc.applet import Response
@@ -73,13 +73,14 @@ SECURITY = 0x6982
 BLOCKED = 0x6983
 CONDITIONS = 0x6985
 INVALID_DATA = 0x6A80
+REFUSED_NEW = 0x6985  # a YubiKey's answer to a new PIN or PUK it refuses
 NOT_FOUND = 0x6A82
 BAD_P1P2 = 0x6A86
 REF_NOT_FOUND = 0x6A88
 
 FACTORY_PIN = b"123456\xff\xff"
 FACTORY_PUK = b"12345678"
-FACTORY_KEY = (0x03, bytes(range(1, 9)) * 3)
+FACTORY_KEY = (0x0A, bytes(range(1, 9)) * 3)  # the 5.7 factory key: AES-192
 TDES, AES128, AES192, AES256 = 0x03, 0x08, 0x0A, 0x0C
 KEY_LENGTH = {TDES: 24, AES128: 16, AES192: 24, AES256: 32}
 
@@ -196,7 +197,9 @@ class Model:
 
 class PivSecurityMachine(RuleBasedStateMachine):
     #: The applet under test (the mutant tests below swap in broken ones).
-    make_applet: Callable[[], PivApplet] = staticmethod(lambda: PivApplet(serial=24681357))
+    make_applet: Callable[[], PivApplet] = staticmethod(
+        lambda: PivApplet(serial=24681357, profile=YUBIKEY_5_7)
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -308,7 +311,7 @@ class PivSecurityMachine(RuleBasedStateMachine):
             want = 0x63C0 | min(left, 15)
         else:
             left = m.puk_max if puk else m.pin_max
-            want = OK if valid_pin_block(new) else INVALID_DATA
+            want = OK if valid_pin_block(new) else REFUSED_NEW
         if puk:
             m.puk_left = left
             m.puk = new if want == OK else m.puk
@@ -316,7 +319,7 @@ class PivSecurityMachine(RuleBasedStateMachine):
             m.pin_left = left
             if want == OK:
                 m.pin, s.verified = new, True
-            elif want != INVALID_DATA:
+            elif want != REFUSED_NEW:
                 s.verified = s.always = False
         self.processed(channel)
         self.expect(f"CHANGE REFERENCE {'PUK' if puk else 'PIN'}", sw, want)
@@ -341,7 +344,7 @@ class PivSecurityMachine(RuleBasedStateMachine):
             want = 0x63C0 | min(m.puk_left, 15)
         else:
             m.puk_left = m.puk_max
-            want = OK if valid_pin_block(new) else INVALID_DATA
+            want = OK if valid_pin_block(new) else REFUSED_NEW
             if want == OK:
                 m.pin, m.pin_left = new, m.pin_max
         self.processed(channel)
@@ -465,7 +468,8 @@ class PivSecurityMachine(RuleBasedStateMachine):
         channel = self.channel(data)
         resp, sw = self.send(channel, 0xCB, 0x3F, 0xFF, tlv(0x5C, tag.to_bytes(3, "big")))
         value = self.model.objects.get(tag)
-        if tag in PIN_READ and not self.session(channel).verified:
+        # A YubiKey says "absent" before it asks for the PIN.
+        if tag in PIN_READ and not self.session(channel).verified and value is not None:
             want = SECURITY
         else:
             want = OK if value is not None else NOT_FOUND
@@ -853,8 +857,8 @@ class ForgivingCounter(PivApplet):
 class OneSessionForAll(PivApplet):
     """One security state for every channel and across power cycles."""
 
-    def __init__(self, serial: int) -> None:
-        super().__init__(serial=serial)
+    def __init__(self, serial: int, profile: PivProfile) -> None:
+        super().__init__(serial=serial, profile=profile)
         self.shared = SecurityState()
 
     def new_session(self) -> SecurityState:
@@ -879,7 +883,7 @@ class WritableByAnyone(PivApplet):
 )
 def test_the_model_catches_a_broken_applet(broken: type[PivApplet]) -> None:
     class Machine(PivSecurityMachine):
-        make_applet = staticmethod(lambda: broken(serial=24681357))
+        make_applet = staticmethod(lambda: broken(serial=24681357, profile=YUBIKEY_5_7))
 
     # derandomize: the same generated programs every run, so whether the model
     # catches each broken applet does not depend on luck.

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from applets.echo import EchoApplet
-from applets.piv import PivApplet
+from applets.cards import build_card
+from applets.piv import DEFAULT_PROFILE, PivApplet
+from applets.piv.profile import profile_named
 from vsc.card import Card
 from vsc.testing.transcript import (
     Exchange,
@@ -52,11 +53,11 @@ GET_SERIAL = bytes.fromhex("00F8000000")
 
 
 def make_card(params: Mapping[str, int | str], card_class: type[Card] = Card) -> Card:
-    """The emulator's default card (PIV, then the echo applet), with ``params["serial"]``."""
-    card = card_class()
-    card.register(PivApplet(serial=int(params["serial"])), default=True)
-    card.register(EchoApplet())
-    return card
+    """The emulator's card of ``params["profile"]`` (default: the default card) with
+    ``params["serial"]``: PIV, a YubiKey's Management application, the echo applet."""
+    profile = profile_named(str(params.get("profile", DEFAULT_PROFILE.name)))
+    piv = PivApplet(serial=int(params["serial"]), profile=profile)
+    return build_card(piv, card_class=card_class)
 
 
 def fixture_paths() -> list[Path]:

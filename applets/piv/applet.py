@@ -1,4 +1,4 @@
-"""The PIV card application (SP 800-73-4) with the YubiKey 5.7 extensions.
+"""The PIV card application (SP 800-73-4), as a YubiKey 5.4 or 5.7 or a plain PIV card.
 
 Theory of operation
 -------------------
@@ -18,6 +18,11 @@ other command once it has run (docs/piv.md, "Security state").
 Checks run in this order in every handler: P1/P2 (``6A86``, ``6A88`` for an
 unknown PIN reference), then the access condition (``6982``), then the data
 field (``6A80``), then the state (``6A82``, ``6A88``, ``6985``).
+
+What the card is comes from its profile (:mod:`applets.piv.profile`), read
+once when the applet is built: the instructions a profile lacks are left out
+of the applet's command table (``6D00``), and the handlers read the few
+profile values they need from attributes of the applet.
 
 Touch is an approval hook: :attr:`PivApplet.touch` is called with the slot
 (9B for the management key) whenever a touch policy asks for one; False
@@ -73,22 +78,13 @@ from .objects import (
     PIV_AID,
     ObjectId,
     certificate_value,
-    is_stored,
-    max_size,
 )
 from .pinrules import PinRuleError, strip_padding
+from .profile import DEFAULT_PROFILE, YUBICO_INS, PivProfile
 from .security import Challenge, ChallengeKind, SecurityState
 from .state import PIN_BLOCK_SIZE, PivData, PivRecord, Reference, random_serial
 
 log = logging.getLogger(__name__)
-
-#: The firmware version GET VERSION reports: 5.7 unlocks AES management keys,
-#: metadata, MOVE/DELETE, RSA-3072/4096 and the 25519 keys in ykman.
-VERSION = (5, 7, 1)
-
-#: The YubiKey's answer to SELECT (docs/piv.md, "Commands"): the PIX with version
-#: and the RID as coexistent tag allocation authority.
-APPLICATION_PROPERTY_TEMPLATE = bytes.fromhex("61114F0600001000010079074F05A000000308")
 
 INS_VERIFY = 0x20
 INS_CHANGE_REFERENCE = 0x24
@@ -155,6 +151,7 @@ TOUCH_CACHE_SECONDS = 15.0
 
 _PIN_ONLY = {PinPolicy.MATCH_ONCE: PinPolicy.ONCE, PinPolicy.MATCH_ALWAYS: PinPolicy.ALWAYS}
 _GENERATE_TAGS = frozenset({TAG_ALGORITHM, TAG_PIN_POLICY, TAG_TOUCH_POLICY})
+_GENERATE_TAGS_SP800_73 = frozenset({TAG_ALGORITHM})
 _SET_MGMT_TOUCH = {0xFF: TouchPolicy.NEVER, 0xFE: TouchPolicy.ALWAYS, 0xFD: TouchPolicy.CACHED}
 
 
@@ -298,14 +295,33 @@ class PivApplet(Applet[SecurityState]):
         *,
         serial: int | None = None,
         data: PivData | None = None,
+        profile: PivProfile | None = None,
     ) -> None:
         fresh = data is None
         if data is None:
-            data = PivData(PivRecord.factory(serial if serial is not None else random_serial()))
+            record = PivRecord.factory(
+                serial if serial is not None else random_serial(), profile or DEFAULT_PROFILE
+            )
+            data = PivData(record)
         elif serial is not None and serial != data.serial:
             raise ValueError(f"serial {serial} differs from the data's {data.serial}")
+        elif profile is not None and profile is not data.profile:
+            raise ValueError(f"profile {profile.name} differs from the data's {data.profile.name}")
         self.keys: KeyStore = keys if keys is not None else MemoryKeyStore()
         self.data = data
+        self.profile = profile = data.profile
+        # The profile, read once (see the module docstring): the Yubico instructions it
+        # lacks leave the command table, and the handlers read these attributes.
+        self._commands = {
+            ins: handler
+            for ins, handler in self.commands.items()
+            if ins not in YUBICO_INS or ins in profile.yubico_ins
+        }
+        self._apt = profile.apt
+        self._pin_protected = profile.pin_protected
+        self._absent_before_pin = profile.absent_before_pin
+        self._is_object = profile.is_object
+        self._discovery = self._stored_discovery()
         #: Touch approval: called with the slot; False refuses (``6982``).
         self.touch: Callable[[int], bool] = _approve
         #: Monotonic seconds, for CACHED touch.
@@ -323,7 +339,13 @@ class PivApplet(Applet[SecurityState]):
         self._epoch = (0, 0)
         # GET DATA answers by tag, with the object they encode (a new value misses).
         self._answers: dict[int, tuple[bytes, bytes]] = {}
-        self._provision_attestation(fresh_data=fresh)
+        if profile.attestation:
+            self._provision_attestation(fresh_data=fresh)
+
+    def _stored_discovery(self) -> bytes:
+        """The discovery object: generated, or as PUT DATA replaced it (plain PIV)."""
+        value = self.data.get_object(_DISCOVERY)
+        return DISCOVERY_OBJECT if value is None else encode_tlv(_DISCOVERY, value)
 
     def _provision_attestation(self, *, fresh_data: bool = False) -> None:
         """A card without an F9 key gets one, with its certificate in 5FFF01.
@@ -349,7 +371,7 @@ class PivApplet(Applet[SecurityState]):
         session.sync(self._epoch)
         session.challenge = None
         session.pin_always = False
-        return APPLICATION_PROPERTY_TEMPLATE
+        return self._apt
 
     def process(self, apdu: CommandApdu, session: SecurityState) -> bytes | Response:
         self._apply_lock()
@@ -357,7 +379,10 @@ class PivApplet(Applet[SecurityState]):
         # A challenge lives for exactly one more command.
         session.previous_challenge, session.challenge = session.challenge, None
         try:
-            return super().process(apdu, session)
+            handler = self._commands.get(apdu.ins)
+            if handler is None:
+                raise ApduError(SW.INVALID_INSTRUCTION, f"INS {apdu.ins:02X} not supported")
+            return handler(self, apdu, session)
         finally:
             session.previous_challenge = None
             if apdu.ins != INS_VERIFY:
@@ -386,6 +411,23 @@ class PivApplet(Applet[SecurityState]):
         if self.locked():
             log.info("%s refused: the card is locked", what)
             raise ApduError(SW.FILE_DEACTIVATED, f"{what}: the card is locked")
+
+    def _check_new_secret(self, ref: Reference, block: bytes) -> None:
+        """A new PIN or PUK block the card accepts; the profile's status word if not.
+
+        6-8 bytes and FF padding (SP 800-73-4); a YubiKey 5.7 PUK only of bytes
+        00-7F; a managed card's PIN rules for a PIN.
+        """
+        profile = self.profile
+        if not valid_pin_block(block):
+            raise ApduError(
+                profile.bad_new_secret_sw, f"new {ref.name} must be 6-8 bytes padded with FF"
+            )
+        ascii_only = ref is Reference.PUK and not profile.puk_any_byte
+        if ascii_only and any(b > 0x7F for b in strip_padding(block)):
+            raise ApduError(profile.bad_new_secret_sw, "a PUK of bytes 00-7F only")
+        if ref is Reference.PIN:
+            self._check_new_pin(block)
 
     def _check_new_pin(self, block: bytes) -> None:
         """A managed card's PIN rules; the refusal names the rule, in the log too."""
@@ -479,12 +521,19 @@ class PivApplet(Applet[SecurityState]):
         else:
             tag = _object_tag(parse_tlv(data, TAG_OBJECT_ID).value)
         if tag == _DISCOVERY:
-            return DISCOVERY_OBJECT
-        if tag in PIN_PROTECTED and not session.pin_verified:
+            return self._discovery
+        value = self.data.get_object(tag)
+        # A YubiKey says "absent" before it asks for the PIN; SP 800-73-4 asks first.
+        if (
+            tag in self._pin_protected
+            and not session.pin_verified
+            and (value is not None or not self._absent_before_pin)
+        ):
             raise SecurityStatusNotSatisfied(f"object {tag:X} needs the PIN")
-        value = self.data.get_object(tag) if is_stored(tag) else None
         if value is None:
-            raise NotFound(f"no object {tag:X}")
+            if self._is_object(tag):
+                raise NotFound(f"no object {tag:X}")
+            raise ApduError(self.profile.unknown_object_sw[0], f"{tag:X} is not a data object")
         cached = self._answers.get(tag)
         if cached is not None and cached[0] is value:  # objects are immutable bytes
             return cached[1]
@@ -504,13 +553,20 @@ class PivApplet(Applet[SecurityState]):
             tag, value = _object_tag(tlvs[0].value), tlvs[1].value
         else:
             raise InvalidData("PUT DATA needs 5C <tag> 53 <value>")
-        if tag == ObjectId.DISCOVERY:
+        profile = self.profile
+        if tag == ObjectId.DISCOVERY and not profile.discovery_writable:
             raise ApduError(SW.FUNCTION_NOT_SUPPORTED, "the discovery object is read-only")
-        if not is_stored(tag):
-            raise InvalidData(f"{tag:X} is not a PIV data object")
-        if len(value) > max_size(tag):
+        if tag != ObjectId.DISCOVERY and not profile.is_object(tag):
+            raise ApduError(profile.unknown_object_sw[1], f"{tag:X} is not a data object")
+        if len(value) > profile.max_size(tag):
             raise ApduError(SW.NO_SPACE, f"object {tag:X} of {len(value)} bytes")
+        if profile.storage is not None and value:
+            others = sum(len(v) for t, v in self.data.record.objects.items() if t != tag)
+            if others + len(value) > profile.storage:
+                raise ApduError(SW.NO_SPACE, f"object {tag:X}: the card's storage is full")
         self.data.put_object(tag, value)
+        if tag == ObjectId.DISCOVERY:
+            self._discovery = self._stored_discovery()
         return b""
 
     # -- PIN and PUK ----------------------------------------------------------------
@@ -556,10 +612,7 @@ class PivApplet(Applet[SecurityState]):
             if ref is Reference.PIN:
                 session.clear_pin()
             raise
-        if not valid_pin_block(new):
-            raise InvalidData(f"new {ref.name} must be 6-8 bytes padded with FF")
-        if ref is Reference.PIN:
-            self._check_new_pin(new)
+        self._check_new_secret(ref, new)
         self.data.set_secret(ref, new)
         if ref is Reference.PIN:
             session.pin_verified = True
@@ -578,9 +631,7 @@ class PivApplet(Applet[SecurityState]):
         self._require_unlocked("RESET RETRY COUNTER")
         puk, new = apdu.data[:PIN_BLOCK_SIZE], apdu.data[PIN_BLOCK_SIZE:]
         self._check_secret(Reference.PUK, puk)
-        if not valid_pin_block(new):
-            raise InvalidData("new PIN must be 6-8 bytes padded with FF")
-        self._check_new_pin(new)
+        self._check_new_secret(Reference.PIN, new)
         self.data.set_secret(Reference.PIN, new)
         return b""
 
@@ -693,12 +744,14 @@ class PivApplet(Applet[SecurityState]):
 
     @command(INS_GENERATE)
     def generate(self, apdu: CommandApdu, session: SecurityState) -> bytes:
-        if apdu.p1 != 0x00 or apdu.p2 not in KEY_SLOTS:
+        profile = self.profile
+        if apdu.p1 != 0x00 or apdu.p2 not in profile.key_slots:
             raise IncorrectParameters(f"cannot generate a key in {apdu.p2:02X}")
         self._require_admin(session)
+        allowed = _GENERATE_TAGS if profile.policies else _GENERATE_TAGS_SP800_73
         params: dict[int, bytes] = {}
         for tlv in parse_tlvs(parse_tlv(apdu.data, TAG_GENERATE_TEMPLATE).value):
-            if tlv.tag in params or tlv.tag not in _GENERATE_TAGS:
+            if tlv.tag in params or tlv.tag not in allowed:
                 raise InvalidData(f"unexpected or repeated tag {tlv.tag:02X}")
             params[tlv.tag] = tlv.value
         algorithm = params.get(TAG_ALGORITHM, b"")
@@ -706,7 +759,7 @@ class PivApplet(Applet[SecurityState]):
             key_type = KeyType(algorithm[0]) if len(algorithm) == 1 else None
         except ValueError:
             key_type = None
-        if key_type is None:
+        if key_type is None or key_type not in profile.key_types:
             raise InvalidData("unknown or missing algorithm")
         pin, touch = _policies(params.get(TAG_PIN_POLICY), params.get(TAG_TOUCH_POLICY))
         info = self.keys.generate(apdu.p2, key_type, pin, touch)
@@ -718,7 +771,9 @@ class PivApplet(Applet[SecurityState]):
             key_type = KeyType(apdu.p1)
         except ValueError:
             raise IncorrectParameters(f"unknown algorithm {apdu.p1:02X}") from None
-        if apdu.p2 not in KEY_SLOTS:
+        if key_type not in self.profile.key_types:
+            raise IncorrectParameters(f"{key_type.name} is not an algorithm of this card")
+        if apdu.p2 not in self.profile.key_slots:
             raise IncorrectParameters(f"cannot import a key into {apdu.p2:02X}")
         self._require_admin(session)
         policy_tags: dict[int, bytes] = {}
@@ -757,8 +812,10 @@ class PivApplet(Applet[SecurityState]):
         info = self.keys.get(slot)
         if info is None:
             raise ApduError(SW.REFERENCE_NOT_FOUND, f"no key in slot {slot:02X}")
+        version = self.profile.version
+        assert version is not None  # ATTEST is a Yubico instruction
         return self.keys.attest(
-            slot, serial=self.data.serial, version=VERSION, issuer=self._attestation_issuer()
+            slot, serial=self.data.serial, version=version, issuer=self._attestation_issuer()
         )
 
     def _attestation_issuer(self) -> bytes | None:
@@ -784,7 +841,9 @@ class PivApplet(Applet[SecurityState]):
         try:
             key_type = ManagementKeyType(apdu.data[0])
         except ValueError:
-            raise InvalidData(f"unknown management key algorithm {apdu.data[0]:02X}") from None
+            key_type = None
+        if key_type is None or key_type not in self.profile.management_key_types:
+            raise InvalidData(f"unknown management key algorithm {apdu.data[0]:02X}")
         value = parse_tlv(apdu.data[1:], SLOT_CARD_MANAGEMENT).value
         self.data.set_management_key(ManagementKey(key_type, value, touch))
         return b""  # the administrator stays authenticated (ykman writes objects next)
@@ -872,7 +931,7 @@ class PivApplet(Applet[SecurityState]):
 
     @command(INS_GET_VERSION)
     def get_version(self, apdu: CommandApdu, session: SecurityState) -> bytes:
-        return bytes(VERSION)
+        return bytes(self.profile.version or ())
 
     @command(INS_GET_SERIAL)
     def get_serial(self, apdu: CommandApdu, session: SecurityState) -> bytes:

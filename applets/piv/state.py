@@ -29,8 +29,9 @@ from typing import Any, Protocol
 
 from .keys import TouchPolicy
 from .managed import Managed
-from .mgmt import FACTORY_MANAGEMENT_KEY, ManagementKey, ManagementKeyType
-from .objects import ObjectId
+from .mgmt import DEFAULT_MANAGEMENT_KEY, ManagementKey, ManagementKeyType
+from .objects import ObjectId, factory_ccc, factory_chuid
+from .profile import DEFAULT_PROFILE, LEGACY_PROFILE, PivProfile, profile_named
 
 #: PIN and PUK blocks: ASCII right-padded with FF to 8 bytes.
 PIN_BLOCK_SIZE = 8
@@ -72,13 +73,31 @@ class PivRecord:
     objects: Mapping[int, bytes]
     #: PIN policy, admin-key counter and lock of a managed card; None: a plain card.
     managed: Managed | None = None
+    #: The card profile (:mod:`applets.piv.profile`) by name: fixed for the card's life.
+    profile: str = DEFAULT_PROFILE.name
 
     @classmethod
-    def factory(cls, serial: int) -> PivRecord:
-        """A card fresh from the factory (PIN 123456, PUK 12345678, 3 tries)."""
+    def factory(cls, serial: int, profile: PivProfile = DEFAULT_PROFILE) -> PivRecord:
+        """A card fresh from the factory (PIN 123456, PUK 12345678, 3 tries).
+
+        The management key is the factory key in the profile's algorithm; a
+        plain PIV card also comes with a CHUID and a CCC (an issued card has both).
+        """
         tries = RetryCounter(DEFAULT_TRIES, DEFAULT_TRIES)
+        key = ManagementKey(profile.management_key_type, DEFAULT_MANAGEMENT_KEY)
+        objects: dict[int, bytes] = {}
+        if profile.factory_identity:
+            objects[ObjectId.CHUID] = factory_chuid(serial)
+            objects[ObjectId.CAPABILITY] = factory_ccc(serial)
         return cls(
-            serial, DEFAULT_PIN, tries, DEFAULT_PUK, tries, FACTORY_MANAGEMENT_KEY, _frozen({})
+            serial,
+            DEFAULT_PIN,
+            tries,
+            DEFAULT_PUK,
+            tries,
+            key,
+            _frozen(objects),
+            profile=profile.name,
         )
 
     def secret(self, ref: Reference) -> bytes:
@@ -109,6 +128,7 @@ class PivRecord:
             management_key=self.management_key,
             objects=self.objects,
             managed=self.managed,
+            profile=self.profile,
         )
 
     # -- serialisation (for persistent stores) ------------------------------------
@@ -123,6 +143,7 @@ class PivRecord:
             "puk_tries": [self.puk_tries.maximum, self.puk_tries.remaining],
             "management_key": [int(mk.key_type), mk.key.hex(), int(mk.touch_policy)],
             "objects": {f"{tag:X}": value.hex() for tag, value in self.objects.items()},
+            "profile": self.profile,
         }
         if self.managed is not None:  # absent for plain cards: their records stay as they were
             document["managed"] = self.managed.to_dict()
@@ -147,6 +168,8 @@ class PivRecord:
                     {int(tag, 16): bytes.fromhex(v) for tag, v in d["objects"].items()}
                 ),
                 managed=Managed.from_dict(d["managed"]) if "managed" in d else None,
+                # Records from before profiles answered as firmware 5.7.1.
+                profile=profile_named(str(d.get("profile", LEGACY_PROFILE.name))).name,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed PIV record: {e}") from e
@@ -199,6 +222,10 @@ class PivData:
     @property
     def management_key(self) -> ManagementKey:
         return self._record.management_key
+
+    @property
+    def profile(self) -> PivProfile:
+        return profile_named(self._record.profile)
 
     def commit(self, record: PivRecord) -> None:
         """The commit point: save ``record`` durably, then make it current."""
@@ -352,10 +379,11 @@ class PivData:
 
     def factory_reset(self) -> None:
         """Factory values for everything except the serial and the attestation certificate."""
-        fresh = PivRecord.factory(self._record.serial)
-        keep = {
-            tag: value for tag, value in self._record.objects.items() if tag == ObjectId.ATTESTATION
-        }
+        fresh = PivRecord.factory(self._record.serial, profile_named(self._record.profile))
+        keep = dict(fresh.objects)
+        attestation = self._record.objects.get(ObjectId.ATTESTATION)
+        if attestation is not None:
+            keep[ObjectId.ATTESTATION] = attestation
         managed = self._record.managed
         if managed is None:
             self.commit(replace(fresh, objects=_frozen(keep)))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from applets.piv import DEFAULT_PROFILE
 from vsc.emulator import Emulator
 from vsc.testing import PcscdEnv
 from vsc.testing.transcript import RecordingCard, Transcript, replay
@@ -86,7 +87,7 @@ SCENARIO_TABLE: dict[str, Scenario] = {
     "yubico-piv-tool-status": Scenario(
         "libykpiv's connect sequence, version and status of a factory card.",
         (
-            _yubico("-a", "version", expect="Application version 5.7.1 found."),
+            _yubico("-a", "version", expect="Application version 5.4.3 found."),
             _yubico("-a", "status", expect=f"Serial Number:\t{SERIAL}"),
         ),
     ),
@@ -109,8 +110,8 @@ SCENARIO_TABLE: dict[str, Scenario] = {
         ),
     ),
     "ykman-piv-info": Scenario(
-        "ykman's device probing (other applets first), then PivSession and `piv info`.",
-        (_ykman("info", expect="PIV version:              5.7.1"),),
+        "ykman's device probing (the Management application), then PivSession and `piv info`.",
+        (_ykman("info", expect="PIV version:              5.4.3"),),
     ),
     "ykman-piv-access": Scenario(
         "ykman: change PIN, change PUK, unblock the PIN with the PUK.",
@@ -155,7 +156,8 @@ def _versions(programs: set[str]) -> dict[str, str]:
 
 def record(pcscd: PcscdEnv, name: str, scenario: Scenario) -> Transcript:
     """Run the scenario's clients against a recording card; its transcript."""
-    card = make_card({"serial": SERIAL}, RecordingCard)
+    params: dict[str, int | str] = {"serial": SERIAL, "profile": DEFAULT_PROFILE.name}
+    card = make_card(params, RecordingCard)
     assert isinstance(card, RecordingCard)
     fill = {"reader": pcscd.reader(0)}
     if any("{pkcs11}" in step.argv for step in scenario.steps):
@@ -171,7 +173,7 @@ def record(pcscd: PcscdEnv, name: str, scenario: Scenario) -> Transcript:
     return card.transcript(
         name,
         description=scenario.description,
-        card={"serial": SERIAL},
+        card=params,
         clients=_versions({step.argv[0] for step in scenario.steps}),
         commands=tuple(shlex.join(step.argv) for step in scenario.steps),
     )

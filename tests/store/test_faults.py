@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from yubikit.core import TRANSPORT
 from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, OBJECT_ID, PIN_POLICY, SLOT, PivSession
 
+from applets.piv import YUBIKEY_5_7
 from vsc import Card
 from vsc.inproc import YubikitConnection
 from vsc.store import (
@@ -115,7 +116,7 @@ class Bench:
             stored = self.store.create("victim", self.backend)
         self.stored = stored
         self.card = Card()
-        self.card.register(open_piv(stored, serial=SERIAL), default=True)
+        self.card.register(open_piv(stored, serial=SERIAL, profile=YUBIKEY_5_7), default=True)
         self.session = PivSession(YubikitConnection(self.card, TRANSPORT.USB))
 
     def close(self) -> None:

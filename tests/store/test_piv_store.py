@@ -31,6 +31,7 @@ from yubikit.piv import (
     PivSession,
 )
 
+from applets.piv import YUBIKEY_5_7
 from applets.piv.state import PivRecord, Reference
 from vsc import Card
 from vsc.emulator import open_card as emulator_open_card
@@ -76,7 +77,7 @@ class Piv:
 
 def open_piv_card(store: CardStore, backend: BackendSpec, name: str = "alice") -> Piv:
     stored = store.open(name, backend) if store.exists(name) else store.create(name, backend)
-    applet = open_piv(stored, serial=SERIAL)
+    applet = open_piv(stored, serial=SERIAL, profile=YUBIKEY_5_7)
     card = Card()
     card.register(applet, default=True)
     return Piv(stored, applet, card, PivSession(YubikitConnection(card, TRANSPORT.USB)))

@@ -3,7 +3,8 @@
 vsmartcard's vpcd reader driver (loaded by pcscd) and this process talk over
 TCP with the framing of :mod:`vsc.vpcd`; this package is only the socket loop
 around that codec and a :class:`vsc.card.Card`. The flags follow vsmartcard's
-``vicc`` (``-H``, ``-P``, ``-R``, ``-v``) plus ``--card`` and ``--slots``.
+``vicc`` (``-H``, ``-P``, ``-R``, ``-v``) plus ``--card``, ``--slots`` and
+the card's ``--applet``, ``--profile``, ``--serial`` and ``--transport``.
 
 Design:
 
@@ -59,9 +60,13 @@ from __future__ import annotations
 from .cards import (
     APPLETS,
     BACKEND_ENVIRONMENT,
+    PROFILES,
+    SERIAL_BASE,
     CardOpenError,
+    Transport,
     backend_from,
     default_card,
+    default_serial,
     open_card,
 )
 from .cli import main
@@ -73,11 +78,15 @@ __all__ = [
     "DEFAULT_FRAME_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "PROFILES",
+    "SERIAL_BASE",
     "Backoff",
     "CardOpenError",
     "Emulator",
+    "Transport",
     "backend_from",
     "default_card",
+    "default_serial",
     "main",
     "open_card",
 ]

@@ -1,8 +1,10 @@
 """What a slot serves: factory-fresh cards in memory and persistent cards from the store.
 
 Every card-construction choice lives here: the application (``--applet``),
-the store location of a ``--card``, its protection backend (never guessed),
-and the audit hook of a card that belongs to a store. The command line
+a PIV card's profile, serial and transport (``--profile``, ``--serial``,
+``--transport``; docs/piv.md, "Profiles" and "The device"), the store
+location of a ``--card``, its protection backend (never guessed), and the
+audit hook of a card that belongs to a store. The command line
 (:mod:`vsc.emulator.cli`) collects the options and calls :func:`default_card`
 for in-memory slots and :func:`open_card` for ``--card``.
 """
@@ -15,11 +17,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from applets.cards import Transport, build_card
 from applets.echo import EchoApplet
 from applets.gids import GIDS_ATR, GidsApplet
-from applets.piv import PivApplet
+from applets.piv import DEFAULT_PROFILE, PROFILES, PivApplet, PivProfile
+from applets.piv.profile import profile_named
 
-from ..card import DEFAULT_ATR, Card
+from ..card import Card
 from ..lifecycle.audit import AuditLog
 from ..store import (
     BackendSpec,
@@ -39,9 +43,15 @@ from ..store.store import CARDS_DIR
 __all__ = [
     "APPLETS",
     "BACKEND_ENVIRONMENT",
+    "DEFAULT_PROFILE",
+    "PROFILES",
+    "SERIAL_BASE",
     "CardOpenError",
+    "PivProfile",
+    "Transport",
     "backend_from",
     "default_card",
+    "default_serial",
     "open_card",
 ]
 
@@ -52,20 +62,42 @@ log = logging.getLogger("vsc.emulator")
 APPLETS: Final = ("piv", "gids")
 
 
-def default_card(serial: int | None = None, applet: str = "piv") -> Card:
+#: In-memory cards without ``--serial`` get this plus their slot's port: stable from
+#: one start to the next, and different for every reader.
+SERIAL_BASE: Final = 10_000_000
+
+
+def default_serial(port: int) -> int:
+    """The serial of an in-memory card on vpcd port ``port`` (8 digits, like a YubiKey's)."""
+    return SERIAL_BASE + port % 90_000_000
+
+
+def default_card(
+    serial: int | None = None,
+    applet: str = "piv",
+    *,
+    profile: PivProfile | str = DEFAULT_PROFILE,
+    transport: Transport = Transport.NFC,
+) -> Card:
     """A factory-default card: the applets a fresh emulator offers.
 
-    ``applet`` chooses the card's application: ``piv`` (a YubiKey's ATR) or
-    ``gids`` (an empty GIDS card with the ATR of a Windows virtual smart card).
+    ``applet`` chooses the card's application: ``piv`` (a card of ``profile``,
+    a profile or its name, by default a YubiKey 5.4; ``transport`` chooses a
+    YubiKey's ATR) or ``gids`` (an empty GIDS card with the ATR of a Windows
+    virtual smart card).
     """
+    if isinstance(profile, str):
+        profile = profile_named(profile)
     if applet == "gids":
-        card = Card(atr=GIDS_ATR)
-        card.register(GidsApplet(serial=serial), default=True)
-    elif applet == "piv":
-        card = Card()
-        card.register(PivApplet(serial=serial), default=True)
-    else:
-        raise ValueError(f"unknown applet {applet!r}; choose one of {', '.join(APPLETS)}")
+        return _gids_card(GidsApplet(serial=serial))
+    if applet == "piv":
+        return build_card(PivApplet(serial=serial, profile=profile), transport)
+    raise ValueError(f"unknown applet {applet!r}; choose one of {', '.join(APPLETS)}")
+
+
+def _gids_card(gids: GidsApplet) -> Card:
+    card = Card(atr=GIDS_ATR)
+    card.register(gids, default=True)
     card.register(EchoApplet())
     return card
 
@@ -139,23 +171,50 @@ def _open_or_create(path: Path, name: str, backend: BackendSpec) -> StoredCard:
     return stored
 
 
-def _stored_applet(stored: StoredCard, applet: str | None) -> tuple[PivApplet | GidsApplet, bytes]:
-    """The application of a stored card and its ATR: what it holds, else ``applet`` (PIV)."""
+def _stored_card(
+    stored: StoredCard,
+    applet: str | None,
+    *,
+    profile: PivProfile | None = None,
+    serial: int | None = None,
+    transport: Transport = Transport.NFC,
+) -> tuple[Card, PivApplet | GidsApplet]:
+    """The card of ``stored``: the application it holds, else ``applet`` (PIV) made now.
+
+    A PIV card keeps its profile and serial; ``profile`` and ``serial`` name
+    those of a card made now and must match those of one that exists.
+    """
     held = "gids" if has_gids(stored) else "piv" if stored.get(PIV_RECORD) is not None else None
     if held is not None and applet is not None and held != applet:
         raise CardOpenError(f"card {stored.name!r} is a {held.upper()} card, not {applet.upper()}")
     if (held or applet) == "gids":
-        return open_gids(stored), GIDS_ATR
-    return open_piv(stored), DEFAULT_ATR
+        if profile is not None:
+            raise CardOpenError(f"card {stored.name!r} is a GIDS card: profiles are for PIV cards")
+        gids = open_gids(stored)
+        return _gids_card(gids), gids
+    try:
+        piv = open_piv(stored, serial=serial, profile=profile)
+    except ValueError as exc:
+        raise CardOpenError(f"card {stored.name!r}: {exc}") from None
+    return build_card(piv, transport), piv
 
 
 def open_card(
-    spec: str, backend: BackendSpec, *, store: Path | None = None, applet: str | None = None
+    spec: str,
+    backend: BackendSpec,
+    *,
+    store: Path | None = None,
+    applet: str | None = None,
+    profile: PivProfile | None = None,
+    serial: int | None = None,
+    transport: Transport = Transport.NFC,
 ) -> tuple[Card, StoredCard]:
     """The persistent card ``--card PATH|NAME`` names, created factory-fresh when missing.
 
-    A new card gets ``applet`` (PIV by default); an existing one keeps its own
-    (:class:`CardOpenError` if ``applet`` names another).
+    A new card gets ``applet`` (PIV by default) and, for PIV, ``profile``
+    (default: the default profile) and ``serial`` (default: random); an existing
+    one keeps its own (:class:`CardOpenError` if ``applet``, ``profile`` or
+    ``serial`` name others). ``transport`` chooses a YubiKey's ATR.
 
     Returns the card to serve and its store handle, which the caller closes
     once no thread uses the card any more. Raises :class:`vsc.store.StoreError`
@@ -168,14 +227,13 @@ def open_card(
         if info.kind == "plain":
             log.warning("card %r: --insecure-plain: its keys and PINs are NOT protected", name)
         log.info("card %r at %s: %s", name, path, info.summary)
-        card_applet, atr = _stored_applet(stored, applet)
+        card, card_applet = _stored_card(
+            stored, applet, profile=profile, serial=serial, transport=transport
+        )
         if path.parent.name == CARDS_DIR:
             # A card of a store: lifecycle events through its APDUs go to the store's audit
             # log (a managed card's lock and expiry are the applet's own business).
             card_applet.events = AuditLog(path.parent.parent, via="emulator").card_hook(name)
-        card = Card(atr=atr)
-        card.register(card_applet, default=True)
-        card.register(EchoApplet())
     except BaseException:
         stored.close()
         raise

@@ -20,7 +20,19 @@ from types import FrameType
 from .. import trace
 from ..card import Card
 from ..store import StoredCard, StoreError
-from .cards import APPLETS, CardOpenError, backend_from, default_card, open_card
+from .cards import (
+    APPLETS,
+    DEFAULT_PROFILE,
+    PROFILES,
+    SERIAL_BASE,
+    CardOpenError,
+    PivProfile,
+    Transport,
+    backend_from,
+    default_card,
+    default_serial,
+    open_card,
+)
 from .server import DEFAULT_FRAME_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, Emulator
 
 __all__ = ["main"]
@@ -123,6 +135,33 @@ def _add_card_options(parser: argparse.ArgumentParser) -> None:
         "Windows virtual smart card before personalisation); for the fresh cards of slots "
         "without --card and for a --card created now (a stored card keeps its own)",
     )
+    parser.add_argument(
+        "--profile",
+        choices=tuple(PROFILES),
+        help=f"the card a PIV card is (default {DEFAULT_PROFILE.name}): yubikey-5.4 (3DES"
+        " management key, what yubico-piv-tool 2.2.0 can administer), yubikey-5.7 (AES-192,"
+        " MOVE/DELETE KEY, RSA-3072/4096, Ed25519, X25519) or piv (a plain SP 800-73-4 card, no"
+        " Yubico extensions); for fresh cards and a --card created now (a stored card keeps its"
+        " own)",
+    )
+    parser.add_argument(
+        "--serial",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="the serial number of the card in each slot, in order (repeatable; a stored card"
+        f" keeps its own): default for cards in memory {SERIAL_BASE} + the slot's port, the"
+        " same at every start",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=tuple(Transport),
+        default=Transport.NFC,
+        help="how a YubiKey is attached, which decides its ATR: nfc (default; any reader name)"
+        ' or usb (for a vpcd reader named "Yubico YubiKey CCID": ykman then uses extended'
+        " APDUs)",
+    )
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -134,6 +173,14 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"{len(args.card)} cards do not fit in {slots} slots")
     if len(set(args.card)) != len(args.card):
         parser.error("the same --card twice: a card can be in one reader only")
+    if len(args.serial) > slots:
+        parser.error(f"{len(args.serial)} serials for {slots} slots")
+    if any(not 0 < serial < 2**32 for serial in args.serial):
+        parser.error("a serial is a number from 1 to 4294967295")
+    if len(set(args.serial)) != len(args.serial):
+        parser.error("the same --serial twice: every card has its own")
+    if args.applet == "gids" and args.profile is not None:
+        parser.error("--profile is for PIV cards")
     lowest = 0 if args.reversed else 1
     if not lowest <= args.port or args.port + slots - 1 > 0xFFFF:
         parser.error("ports out of range")
@@ -157,15 +204,37 @@ def _build_cards(args: argparse.Namespace, slots: int, stored: list[StoredCard])
     Each store handle is appended to ``stored`` (the caller closes them).
     """
     cards = []
+    profile: PivProfile | None = None if args.profile is None else PROFILES[args.profile]
+    transport = Transport(args.transport)
+
+    def serial(slot: int) -> int | None:
+        return args.serial[slot] if slot < len(args.serial) else None
+
     if args.card:
         backend = backend_from(
             tpm=args.tpm, key_file=args.key_file, insecure_plain=args.insecure_plain
         )
-        for spec in args.card:
-            card, handle = open_card(spec, backend, store=args.store, applet=args.applet)
+        for slot, spec in enumerate(args.card):
+            card, handle = open_card(
+                spec,
+                backend,
+                store=args.store,
+                applet=args.applet,
+                profile=profile,
+                serial=serial(slot),
+                transport=transport,
+            )
             stored.append(handle)
             cards.append(card)
-    cards += [default_card(applet=args.applet or "piv") for _ in range(slots - len(cards))]
+    cards += [
+        default_card(
+            serial(slot) or default_serial(args.port + slot),
+            args.applet or "piv",
+            profile=profile or DEFAULT_PROFILE,
+            transport=transport,
+        )
+        for slot in range(len(cards), slots)
+    ]
     return cards
 
 

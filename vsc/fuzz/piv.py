@@ -14,7 +14,8 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from applets.echo import EchoApplet
-from applets.piv import PivApplet
+from applets.piv import YUBIKEY_5_7, PivApplet
+from applets.piv.mgmt import ManagementKey, ManagementKeyType
 
 from ..card import Card
 from .inputs import DEFAULT_MANAGEMENT_KEY, DEFAULT_PIN, DEFAULT_PUK, ECHO_AID, PIV_AID, StepKind
@@ -29,15 +30,24 @@ FUZZ_SERIAL = 13_572_468
 
 APT = bytes.fromhex("61114F0600001000010079074F05A000000308")
 DISCOVERY = bytes.fromhex("7E124F0BA0000003080000100001005F2F024000")
-PIV_VERSION = bytes((5, 7, 1))
+#: The widest profile: every instruction and algorithm a client can reach.
+PROFILE = YUBIKEY_5_7
+PIV_VERSION = bytes(PROFILE.version or ())
 
 Transmit = Callable[[bytes], bytes]
 
 
 def piv_card() -> Card:
-    """The fuzz target: PIV (default) and echo, a fixed serial, keys in memory."""
+    """The fuzz target: PIV (default) and echo, a fixed serial, keys in memory.
+
+    A YubiKey 5.7 whose management key is the factory key as 3DES (as older
+    YubiKeys ship it; the seeds authenticate with 3DES); after a RESET it is
+    the 5.7 factory key, AES-192.
+    """
+    applet = PivApplet(serial=FUZZ_SERIAL, profile=PROFILE)
+    applet.data.set_management_key(ManagementKey(ManagementKeyType.TDES, DEFAULT_MANAGEMENT_KEY))
     card = Card()
-    card.register(PivApplet(serial=FUZZ_SERIAL), default=True)
+    card.register(applet, default=True)
     card.register(EchoApplet())
     return card
 

@@ -262,7 +262,8 @@ def seed_inputs() -> dict[str, FuzzInput]:
         _VERIFY,
         _ok(apdu(0, 0x24, 0, 0x81, DEFAULT_PUK + b"87654321")),
         _ok(apdu(0, 0x24, 0, 0x81, b"87654321" + DEFAULT_PUK)),
-        _ok(apdu(0, 0x24, 0, 0x80, DEFAULT_PIN + b"12\xff\xff\xff\xff\xff\xff"), 0x6A80),
+        # A YubiKey refuses a short new PIN with 6985.
+        _ok(apdu(0, 0x24, 0, 0x80, DEFAULT_PIN + b"12\xff\xff\xff\xff\xff\xff"), 0x6985),
         raw("00 F7 00 81 00", 0x9000),
     ]
     s["ykman-piv-reset"] = [

@@ -87,6 +87,7 @@ from applets.piv.keys import (
     TouchPolicy,
 )
 from applets.piv.mgmt import ManagementKey
+from applets.piv.profile import DEFAULT_PROFILE, PivProfile
 from applets.piv.security import SecurityState
 from applets.piv.state import (
     DEFAULT_PIN,
@@ -554,21 +555,29 @@ class StoredPivApplet(PivApplet):
             self.stored_card.lock(BINDING)
 
 
-def open_piv(card: StoredCard, *, serial: int | None = None) -> StoredPivApplet:
+def open_piv(
+    card: StoredCard, *, serial: int | None = None, profile: PivProfile | None = None
+) -> StoredPivApplet:
     """The PIV applet of ``card``; a card without PIV data is provisioned factory-fresh.
 
-    Provisioning (PIN binding, factory record, F9 attestation key and
-    certificate) is one transaction: a card killed halfway has no PIV data and
-    is provisioned again at the next open.
+    A fresh card gets ``serial`` (default: random) and ``profile`` (default:
+    the default profile); for a card that exists they must be its own
+    (``ValueError``). Provisioning (PIN binding, factory record, F9 attestation
+    key and certificate) is one transaction: a card killed halfway has no PIV
+    data and is provisioned again at the next open.
     """
     store = StoredPivStore(card)
     record = store.load()
     if record is not None:
         if serial is not None and serial != record.serial:
             raise ValueError(f"serial {serial} differs from the card's {record.serial}")
+        if profile is not None and profile.name != record.profile:
+            raise ValueError(f"the card is a {record.profile} card, not {profile.name}")
         card.lock(BINDING)
         return StoredPivApplet(card, StoredPivData(card, record, store))
-    fresh = PivRecord.factory(serial if serial is not None else random_serial())
+    fresh = PivRecord.factory(
+        serial if serial is not None else random_serial(), profile or DEFAULT_PROFILE
+    )
     try:
         with card.transaction():
             # Leftovers of another program (no PIV record): not a card we can trust.

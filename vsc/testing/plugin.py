@@ -145,22 +145,26 @@ def _spec(request: pytest.FixtureRequest) -> CardSpec:
 
 
 def card_profiles() -> Sequence[str]:
-    """The profile names ``CardSpec.profile`` accepts (the card's own, as the emulator has them)."""
-    from vsc import emulator
+    """The profile names ``CardSpec.profile`` accepts: yubikey-5.4, yubikey-5.7, piv."""
+    from applets.piv import PROFILES
 
-    return tuple(getattr(emulator, "PROFILES", ()))
+    return tuple(PROFILES)
+
+
+def _check_profile(spec: CardSpec) -> None:
+    if spec.profile is not None and spec.profile not in card_profiles():
+        raise pytest.UsageError(
+            f"vsc_card profile {spec.profile!r}: known profiles {list(card_profiles())}"
+        )
 
 
 def _memory_card(spec: CardSpec) -> Card:
     from vsc import emulator
 
+    _check_profile(spec)
     if spec.profile is None:
         return emulator.default_card(spec.serial)
-    if spec.profile not in card_profiles():
-        raise pytest.UsageError(
-            f"vsc_card profile {spec.profile!r}: known profiles {list(card_profiles())}"
-        )
-    return emulator.default_card(spec.serial, profile=spec.profile)  # type: ignore[call-arg]
+    return emulator.default_card(spec.serial, profile=spec.profile)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -204,8 +208,8 @@ def vsc_card(request: pytest.FixtureRequest) -> Iterator[Card]:
     if not spec.stored:
         yield _memory_card(spec)
         return
-    if spec.profile is not None:
-        raise pytest.UsageError("vsc_card: profiles apply to in-memory cards only for now")
+    _check_profile(spec)
+    from applets.piv import PROFILES
     from vsc.emulator import open_card
     from vsc.store import BackendSpec, create_key_file
 
@@ -218,7 +222,10 @@ def vsc_card(request: pytest.FixtureRequest) -> Iterator[Card]:
         backend = BackendSpec.software(key_file=str(key_file))
     else:
         backend = BackendSpec.plain()
-    card, stored = open_card(spec.name, backend, store=store.root)
+    profile = None if spec.profile is None else PROFILES[spec.profile]
+    card, stored = open_card(
+        spec.name, backend, store=store.root, profile=profile, serial=spec.serial
+    )
     try:
         yield card
     finally:
