@@ -1,7 +1,8 @@
 """``make demo``: the main job, shown.
 
-Puts ``python -m vsc.emulator`` into a vpcd reader of a private pcscd and lets
-real PC/SC clients (OpenSC, yubico-piv-tool) find and use the PIV card.
+Puts ``python -m vsc.emulator`` into the vpcd readers of a private pcscd,
+named as a YubiKey's USB reader is, and lets real PC/SC clients (OpenSC,
+ykman, yubico-piv-tool) find and use the two emulated YubiKeys.
 Where pcscd and vpcd can't be had (not root, not Debian, packages missing) it
 says why and runs the same conversation in-process through yubikit instead.
 """
@@ -12,6 +13,9 @@ import shlex
 import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from applets.cards import YUBIKEY_READER_NAME
 
 from .testing.emulator_proc import EmulatorProcess
 from .testing.pcscd import PcscdEnv, skip_reason
@@ -33,11 +37,34 @@ def _run(env: PcscdEnv, title: str, argv: list[str]) -> bool:
     return result.returncode == 0
 
 
+#: Two YubiKeys, one per reader of the vpcd entry (an empty "YubiKey" reader would
+#: count as a key ykman cannot open).
+SERIALS = (10_000_001, 10_000_002)
+
+
 def through_pcscd() -> bool:
-    with PcscdEnv() as env, EmulatorProcess(env.vpcd_port()):
+    # The vpcd reader named like a YubiKey's USB reader: ykman then takes the card for a
+    # YubiKey on USB (extended APDUs), given the USB ATR (--transport usb).
+    with (
+        PcscdEnv(friendly_name=YUBIKEY_READER_NAME) as env,
+        EmulatorProcess(
+            env.vpcd_port(),
+            "--slots",
+            "2",
+            "--transport",
+            "usb",
+            *(f"--serial={serial}" for serial in SERIALS),
+        ) as emulator,
+    ):
         reader = env.reader()
-        env.wait_for_card(reader, present=True, timeout=15)
-        print(f"The emulator is in the reader {reader!r} of a private pcscd.")
+        for slot in (0, 1):
+            env.wait_for_card(
+                env.reader(slot), present=True, timeout=15, check=emulator.check_running
+            )
+        print(f"Two emulated YubiKeys 5.4 are in the readers of a private pcscd, {reader!r}")
+        print(f"and {env.reader(1)!r}, with this reader configuration (reader.conf.d):\n")
+        print((env.conf_dir / "vpcd").read_text())
+        serial = str(SERIALS[0])
         steps: list[tuple[str, list[str]]] = [
             ("List the readers", ["opensc-tool", "--list-readers"]),
             ("The card's ATR", ["opensc-tool", "-r", reader, "--atr"]),
@@ -52,6 +79,13 @@ def through_pcscd() -> bool:
                 ],
             ),
         ]  # fmt: skip
+        ykman = _ykman()
+        if ykman is not None:
+            steps += [
+                ("ykman: the YubiKeys it finds", [ykman, "list"]),
+                ("ykman: one of them, by serial", [ykman, "--device", serial, "info"]),
+                ("ykman: its PIV application", [ykman, "--device", serial, "piv", "info"]),
+            ]
         if shutil.which("yubico-piv-tool"):
             steps += [
                 ("yubico-piv-tool: version", ["yubico-piv-tool", "-r", reader, "-a", "version"]),
@@ -73,11 +107,17 @@ def through_pcscd() -> bool:
             ]
         steps.append(
             (
-                "pkcs11-tool (OpenSC's PKCS#11 module): the token",
+                "pkcs11-tool (OpenSC's PKCS#11 module): the tokens",
                 ["pkcs11-tool", "--module", _pkcs11_module(), "--list-slots"],
             )
         )
         return all([_run(env, title, argv) for title, argv in steps])
+
+
+def _ykman() -> str | None:
+    """ykman beside this interpreter (the venv's), else on PATH."""
+    beside = Path(sys.executable).parent / "ykman"
+    return str(beside) if beside.exists() else shutil.which("ykman")
 
 
 def _pkcs11_module() -> str:
