@@ -7,8 +7,16 @@ decryptions compared with the plaintext, keys the card holds compared through
 GET METADATA or attestation, attestations verified against the card's F9
 certificate.
 
-Each test class shares one private pcscd and one emulator process (``-vv``,
-so the APDU trace is in its log, attached to a failure report). Tests run in
+Every class runs per card profile (docs/piv.md, "Profiles"): the YubiKey 5.4
+and 5.7 and the plain PIV card, where OpenSC takes its generic PIV path and
+the Yubico-only commands of the tools fail as they do on a government card.
+yubico-piv-tool 2.2.0 knows only 3DES management keys: against a YubiKey 5.7
+(AES-192 from the factory) the fixture first sets a 3DES key with ykman, as a
+user with Debian's tool has to.
+
+Each test class shares, per profile, one private pcscd and one emulator
+process (``-vv``, so the APDU trace is in its log, attached to a failure
+report). Tests run in
 the order written, but each provisions what it needs and puts back what it
 changes (PIN, PUK, management key), so each can run and fail alone; the
 yubico-piv-tool class ends with RESET. Every client call is bounded by
@@ -30,12 +38,14 @@ from typing import Protocol
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
+from applets.piv import PIV, YUBIKEY_5_4, YUBIKEY_5_7, PivProfile
+from applets.piv.mgmt import ManagementKeyType
 from vsc.testing import EmulatorProcess, PcscdEnv
 from vsc.testing.tools import find_pkcs11_module
-from vsc.tlv import parse_dict
+from vsc.tlv import encode_tlv, parse_dict
 
 from .conftest import CARD_TIMEOUT, _remember, unavailable
 from .test_opensc_engine import Exchange, send_apdus
@@ -53,6 +63,15 @@ GET_SERIAL = bytes.fromhex("00F8000000")
 OID_SERIAL = x509.ObjectIdentifier("1.3.6.1.4.1.41482.3.7")
 META_ORIGIN_GENERATED = b"\x01"
 META_ORIGIN_IMPORTED = b"\x02"
+#: OpenSC's card types (its cards.h): the generic PIV driver path, and a YubiKey 4/5.
+OPENSC_PIV_GENERIC = 14001
+OPENSC_PIV_YUBIKEY = 14004
+#: piv-tool -A's algorithm byte for each management key type.
+_PIV_TOOL_ALGORITHM = {ManagementKeyType.TDES: "03", ManagementKeyType.AES192: "0A"}
+#: Every profile, and the YubiKeys only (ykman's world).
+ALL_PROFILES = pytest.mark.parametrize(
+    "piv_card", [YUBIKEY_5_4, YUBIKEY_5_7, PIV], ids=lambda p: p.name, indirect=True, scope="class"
+)
 
 
 # -- running things ---------------------------------------------------------------------
@@ -172,6 +191,11 @@ class PivCard:
     pcscd: PcscdEnv
     emulator: EmulatorProcess
     workdir: Path
+    profile: PivProfile
+
+    @property
+    def yubikey(self) -> bool:
+        return self.profile.is_yubikey
 
     @property
     def reader(self) -> str:
@@ -202,10 +226,64 @@ class PivCard:
         """Raw APDUs in one opensc-tool session (no driver in between)."""
         return send_apdus(self.pcscd, *apdus)
 
+    def pin_tries(self) -> int:
+        """The PIN tries left, by SP 800-73-4's VERIFY without data (every profile), after
+        VERIFY P1=FF has ended a PIN status an earlier client left."""
+        _, _, verify = self.apdus(
+            SELECT_PIV, bytes.fromhex("0020FF80"), bytes.fromhex("0020008000")
+        )
+        if verify.sw == 0x6983:  # blocked
+            return 0
+        assert verify.sw & 0xFFF0 == 0x63C0, hex(verify.sw)
+        return verify.sw & 0x0F
+
     def serial(self) -> int:
         select, serial = self.apdus(SELECT_PIV, GET_SERIAL)
         assert (select.sw, serial.sw) == (0x9000, 0x9000)
         return int.from_bytes(serial.data, "big")
+
+    def check_signs(self, slot: int, public: Path) -> None:
+        """The key in ``slot`` signs (GENERAL AUTHENTICATE after VERIFY, raw APDUs in one
+        session), and ``cryptography`` verifies the signature with ``public``."""
+        key = serialization.load_pem_public_key(public.read_bytes())
+        message = f"signed by the key in {slot:02X}".encode()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            algorithm: hashes.HashAlgorithm = (
+                hashes.SHA256() if key.curve.key_size == 256 else hashes.SHA384()
+            )
+            digest = hashes.Hash(algorithm)
+            digest.update(message)
+            challenge = digest.finalize()
+            key_type = 0x11 if key.curve.key_size == 256 else 0x14
+        else:
+            assert isinstance(key, rsa.RSAPublicKey)
+            # A PKCS#1 v1.5 block for SHA-256 (the card does the raw RSA operation).
+            digest_info = bytes.fromhex("3031300d060960864801650304020105000420")
+            digest = hashes.Hash(hashes.SHA256())
+            digest.update(message)
+            info = digest_info + digest.finalize()
+            size = key.key_size // 8
+            challenge = b"\x00\x01" + b"\xff" * (size - 3 - len(info)) + b"\x00" + info
+            key_type = 0x07
+        template = encode_tlv(0x7C, encode_tlv(0x82, b"") + encode_tlv(0x81, challenge))
+        chunks = [template[i : i + 255] for i in range(0, len(template), 255)]
+        commands = [
+            bytes((0x10 if i < len(chunks) - 1 else 0x00, 0x87, key_type, slot, len(chunk)))
+            + chunk
+            + (b"" if i < len(chunks) - 1 else b"\x00")
+            for i, chunk in enumerate(chunks)
+        ]
+        verify = bytes.fromhex("0020008008") + PIN.encode() + b"\xff\xff"
+        exchanges = self.apdus(SELECT_PIV, verify, *commands)
+        assert exchanges[1].sw == 0x9000
+        # (opensc-tool fetches a long answer's rest with GET RESPONSE itself.)
+        answer, sw = exchanges[-1].data, exchanges[-1].sw
+        assert sw == 0x9000, hex(sw)
+        signature = parse_dict(parse_dict(answer)[0x7C])[0x82]
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, challenge, ec.ECDSA(utils.Prehashed(algorithm)))
+        else:
+            key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
 
     def metadata(self, slot: int) -> tuple[int, dict[int, bytes]]:
         """GET METADATA of ``slot``: (SW, tags)."""
@@ -226,6 +304,13 @@ class PivCard:
     def path(self, name: str) -> Path:
         return self.workdir / name
 
+    def tdes_factory_key(self) -> None:
+        """The factory key's 24 bytes as a 3DES key: what yubico-piv-tool 2.2.0 can use."""
+        self.ykman(
+            "access", "change-management-key", "-m", FACTORY_KEY, "-a", "TDES",
+            "-n", FACTORY_KEY, "-f",
+        )  # fmt: skip
+
 
 _TRACE_LINE = re.compile(r"vsc\.apdu: \[\d+\] ([<>]) (.*)$")
 
@@ -236,14 +321,29 @@ def piv_card(
     tmp_path_factory: pytest.TempPathFactory,
     e2e_available: None,
 ) -> Iterator[PivCard]:
-    """A private pcscd with ``python -m vsc.emulator -vv`` serving a factory card."""
-    for name in getattr(request.cls, "TOOLS", ()):
+    """A private pcscd with ``python -m vsc.emulator -vv`` serving a factory card of the
+    profile the class is parametrized with.
+
+    For a class that administers the card with yubico-piv-tool (``TDES_KEY``), which
+    knows only 3DES, a YubiKey 5.7 first gets the factory key as a 3DES key (through
+    ykman, which reads the key's type from the card).
+    """
+    tools = getattr(request.cls, "TOOLS", ())
+    for name in tools:
         program(name)
-    with PcscdEnv() as pcscd, EmulatorProcess(pcscd.vpcd_port(0), "-vv") as emulator:
+    profile: PivProfile = request.param
+    with (
+        PcscdEnv() as pcscd,
+        EmulatorProcess(pcscd.vpcd_port(0), "-vv", "--profile", profile.name) as emulator,
+    ):
         pcscd.wait_for_card(
             pcscd.reader(0), present=True, timeout=CARD_TIMEOUT, check=emulator.check_running
         )
-        yield PivCard(pcscd, emulator, tmp_path_factory.mktemp("piv"))
+        card = PivCard(pcscd, emulator, tmp_path_factory.mktemp("piv"), profile)
+        tdes = getattr(request.cls, "TDES_KEY", False)
+        if tdes and profile.management_key_type != ManagementKeyType.TDES:
+            card.tdes_factory_key()
+        yield card
 
 
 @pytest.fixture
@@ -257,12 +357,16 @@ def card(request: pytest.FixtureRequest, piv_card: PivCard) -> PivCard:
 # -- OpenSC: opensc-tool and piv-tool ----------------------------------------------------------
 
 
+@ALL_PROFILES
 class TestOpenSC:
     TOOLS = ("opensc-tool", "piv-tool")
 
     def test_opensc_tool_names_a_piv_card(self, card: PivCard) -> None:
-        result = card.run("opensc-tool", "-r", card.reader, "-n")
+        result = card.run("opensc-tool", "-r", card.reader, "-n", env={"OPENSC_DEBUG": "3"})
         assert result.stdout.strip() == "Personal Identity Verification Card"
+        # Which driver path OpenSC took: the YubiKey's (by the ATR) or the generic PIV one.
+        (kind,) = re.findall(r"card info name:.*, type:(\d+),", result.stderr)
+        assert int(kind) == (OPENSC_PIV_YUBIKEY if card.yubikey else OPENSC_PIV_GENERIC)
         result = card.run("piv-tool", "-r", card.reader, "-n")
         assert "Personal Identity Verification Card" in result.stdout
 
@@ -270,6 +374,7 @@ class TestOpenSC:
     def test_piv_tool_admin_mutual_authentication(self, card: PivCard, form: str) -> None:
         # PIV_EXT_AUTH_KEY names a file: the key as XX:XX:... text or as raw bytes.
         key = bytes.fromhex(FACTORY_KEY)
+        algorithm = _PIV_TOOL_ALGORITHM[card.profile.management_key_type]
         key_file = card.path(f"admin-key-{form}")
         if form == "text":
             key_file.write_text(key.hex(":"))
@@ -278,17 +383,23 @@ class TestOpenSC:
         mark = card.trace_mark()
 
         result = card.run(
-            "piv-tool", "-r", card.reader, "-A", "M:9B:03", env={"PIV_EXT_AUTH_KEY": str(key_file)}
+            "piv-tool",
+            "-r",
+            card.reader,
+            "-A",
+            f"M:9B:{algorithm}",
+            env={"PIV_EXT_AUTH_KEY": str(key_file)},
         )
 
         assert "failed" not in result.stderr, result.stderr
-        auth = [(c, r) for c, r in card.trace_since(mark) if c.startswith("00 87 03 9B")]
+        auth = [(c, r) for c, r in card.trace_since(mark) if c.startswith(f"00 87 {algorithm} 9B")]
         assert len(auth) == 2, auth  # witness request, then witness + challenge
         assert auth[1][1].endswith("90 00")
 
     def test_piv_tool_wrong_admin_key_is_refused(self, card: PivCard) -> None:
         key_file = card.path("wrong-admin-key")
         key_file.write_text(bytes.fromhex(OTHER_KEY).hex(":"))
+        algorithm = _PIV_TOOL_ALGORITHM[card.profile.management_key_type]
         mark = card.trace_mark()
 
         result = card.run(
@@ -296,31 +407,72 @@ class TestOpenSC:
             "-r",
             card.reader,
             "-A",
-            "M:9B:03",
+            f"M:9B:{algorithm}",
             env={"PIV_EXT_AUTH_KEY": str(key_file)},
             returncode=None,
         )
 
         assert result.returncode != 0
         assert "admin_mode failed" in result.stderr
-        auth = [(c, r) for c, r in card.trace_since(mark) if c.startswith("00 87 03 9B")]
+        auth = [(c, r) for c, r in card.trace_since(mark) if c.startswith(f"00 87 {algorithm} 9B")]
         assert [r for _, r in auth][-1] == "69 82"
+
+    def test_piv_tool_admin_with_another_algorithm_is_refused(self, card: PivCard) -> None:
+        """A key of another algorithm than the card's: P1 names it, the card answers 6A86."""
+        other = "0A" if card.profile.management_key_type == ManagementKeyType.TDES else "03"
+        key_file = card.path("admin-key-other-algorithm")
+        key_file.write_text(bytes.fromhex(FACTORY_KEY).hex(":"))
+        mark = card.trace_mark()
+
+        result = card.run(
+            "piv-tool", "-r", card.reader, "-A", f"M:9B:{other}",
+            env={"PIV_EXT_AUTH_KEY": str(key_file)}, returncode=None,
+        )  # fmt: skip
+
+        assert result.returncode != 0
+        auth = [(c, r) for c, r in card.trace_since(mark) if c.startswith(f"00 87 {other} 9B")]
+        assert [r for _, r in auth][-1] == "6A 86"
 
 
 # -- yubico-piv-tool ------------------------------------------------------------------------
 
 
+def yubikey_only(card: PivCard, what: str) -> None:
+    """Skip on the plain PIV card: ``what`` uses a Yubico extension it lacks (6D00, tested
+    by the test that checks the tool's refusal)."""
+    if not card.yubikey:
+        pytest.skip(f"{what}: a Yubico extension, absent on a plain PIV card")
+
+
+def version_text(profile: PivProfile) -> str:
+    return ".".join(map(str, profile.version or ()))
+
+
+@ALL_PROFILES
 class TestYubicoPivTool:
-    TOOLS = ("yubico-piv-tool", "openssl", "opensc-tool")
+    TOOLS = ("yubico-piv-tool", "openssl", "opensc-tool", "ykman")
+    TDES_KEY = True
 
     def test_version(self, card: PivCard) -> None:
-        assert card.yubico("-a", "version").strip() == "Application version 5.7.1 found."
+        out = card.yubico("-a", "version").strip()
+        if card.yubikey:
+            assert out == f"Application version {version_text(card.profile)} found."
+        else:
+            assert out == "Failed to retrieve application version."
 
     def test_status(self, card: PivCard) -> None:
         out = card.yubico("-a", "status")
-        assert "Version:\t5.7.1\n" in out
-        assert f"Serial Number:\t{card.serial()}\n" in out
         assert "PIN tries left:\t3" in out
+        if card.yubikey:
+            assert f"Version:\t{version_text(card.profile)}\n" in out
+            assert f"Serial Number:\t{card.serial()}\n" in out
+            assert "CHUID:\tNo data available" in out
+        else:
+            # No Yubico identity; an issued card's CHUID and CCC instead.
+            assert "Version:\tNo data available" in out
+            assert "Serial Number:\tNo data available" in out
+            assert re.search(r"CHUID:\t3019d4e739da739ced39ce739d83685821084210842", out)
+            assert re.search(r"CCC:\tf015a000000116ff02", out)
 
     @pytest.mark.parametrize(
         ("algorithm", "slot", "description"),
@@ -337,8 +489,13 @@ class TestYubicoPivTool:
         assert "Successfully generated a new private key." in out
 
         assert description in openssl("pkey", "-pubin", "-in", public, "-noout", "-text").stdout
-        # The card holds that very key, as generated (GET METADATA, read by OpenSC's raw APDUs).
+        # The card holds that very key: it signs with it (every profile) and, on a
+        # YubiKey, GET METADATA shows it as generated (OpenSC's raw APDUs both).
+        card.check_signs(int(slot, 16), public)
         sw, meta = card.metadata(int(slot, 16))
+        if not card.yubikey:
+            assert sw == 0x6D00
+            return
         assert sw == 0x9000
         assert meta[0x03] == META_ORIGIN_GENERATED
         assert metadata_public_key(meta[0x04]) == der_public_key(public)
@@ -355,6 +512,10 @@ class TestYubicoPivTool:
         key = card.path(f"import-{algorithm}.key")
         openssl("genpkey", *genpkey, "-out", key)
 
+        if not card.yubikey:  # IMPORT ASYMMETRIC KEY is Yubico's: 6D00
+            out = card.yubico("-a", "import-key", "-s", "9e", "-i", key, returncode=1)
+            assert "Unable to import private key" in out
+            return
         out = card.yubico("-a", "import-key", "-s", "9e", "-i", key)
         assert "Successfully imported a new private key." in out
 
@@ -366,6 +527,7 @@ class TestYubicoPivTool:
     def test_imported_key_signs(self, card: PivCard) -> None:
         # The card uses the imported key: a raw ECDSA GENERAL AUTHENTICATE in 9E
         # (PIN policy never) verifies with openssl against the openssl-made key.
+        yubikey_only(card, "import-key")
         key = card.path("import-sign.key")
         openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
         card.yubico("-a", "import-key", "-s", "9e", "-i", key)
@@ -427,9 +589,11 @@ class TestYubicoPivTool:
         )
         out = card.yubico("-a", "change-puk", "-P", PUK, "-N", "55667788", returncode=1)
         assert "2 tries left" in out
-        assert card.metadata(0x81)[1][0x06] == b"\x03\x02"  # (maximum, remaining)
+        if card.yubikey:  # only GET METADATA tells the PUK's counter
+            assert card.metadata(0x81)[1][0x06] == b"\x03\x02"  # (maximum, remaining)
         card.yubico("-a", "change-puk", "-P", new, "-N", PUK)
-        assert card.metadata(0x81)[1][0x06] == b"\x03\x03"
+        if card.yubikey:
+            assert card.metadata(0x81)[1][0x06] == b"\x03\x03"
 
     def test_unblock_pin(self, card: PivCard) -> None:
         for left in ("2 tries left", "1 tries left", "blocked"):
@@ -446,6 +610,11 @@ class TestYubicoPivTool:
         blob = card.path("mgm-object")
         blob.write_bytes(b"written with the new key")
         write = ("-a", "write-object", "--id", "0x5fc10e", "-f", "binary", "-i", blob)
+        if not card.yubikey:  # SET MANAGEMENT KEY is Yubico's: 6D00
+            out = card.yubico("-a", "set-mgm-key", "-n", OTHER_KEY, returncode=1)
+            assert "Failed setting the new key" in out
+            card.yubico(*write)  # still the factory key
+            return
         assert "Successfully set new management key." in card.yubico(
             "-a", "set-mgm-key", "-n", OTHER_KEY
         )
@@ -474,6 +643,9 @@ class TestYubicoPivTool:
     def test_attest(self, card: PivCard) -> None:
         public, attestation, f9 = (card.path(n) for n in ("att.pub", "att.pem", "f9.pem"))
         card.yubico("-a", "generate", "-s", "9a", "-A", "ECCP256", "-o", public)
+        if not card.yubikey:  # no attestation key, no ATTEST (6D00)
+            assert "Failed to attest data." in card.yubico("-a", "attest", "-s", "9a", returncode=1)
+            return
 
         card.yubico("-a", "attest", "-s", "9a", "-o", attestation)
         card.yubico("-a", "read-certificate", "-s", "f9", "-o", f9)
@@ -516,6 +688,14 @@ class TestYubicoPivTool:
         assert success in out
 
     def test_pin_retries(self, card: PivCard) -> None:
+        if not card.yubikey:  # SET PIN RETRIES is Yubico's: 6D00
+            out = card.yubico(
+                "-a", "verify-pin", "-a", "pin-retries", "--pin-retries", "5",
+                "--puk-retries", "4", "-P", PIN, returncode=1,
+            )  # fmt: skip
+            assert "Failed changing pin retries." in out
+            assert card.pin_tries() == 3
+            return
         out = card.yubico(
             "-a", "verify-pin", "-a", "pin-retries", "--pin-retries", "5", "--puk-retries", "4",
             "-P", PIN,
@@ -532,12 +712,17 @@ class TestYubicoPivTool:
         public, f9_before, f9_after = (card.path(n) for n in ("r.pub", "f9-1.pem", "f9-2.pem"))
         card.yubico("-a", "generate", "-s", "9a", "-A", "ECCP256", "-o", public)
         card.yubico("-a", "set-chuid")
-        card.yubico("-a", "read-certificate", "-s", "f9", "-o", f9_before)
+        if card.yubikey:
+            card.yubico("-a", "read-certificate", "-s", "f9", "-o", f9_before)
         assert "Reset failed, are pincodes blocked?" in card.yubico("-a", "reset", returncode=1)
         for _ in range(3):
             card.yubico("-a", "verify-pin", "-P", "000000", returncode=1)
         for _ in range(3):
             card.yubico("-a", "unblock-pin", "-P", "00000000", "-N", "000000", returncode=1)
+        if not card.yubikey:  # a plain PIV card has no RESET (6D00): blocked for good
+            assert "Reset failed, are pincodes blocked?" in card.yubico("-a", "reset", returncode=1)
+            assert card.pin_tries() == 0
+            return
 
         assert "Successfully reset the application." in card.yubico("-a", "reset")
 
@@ -547,6 +732,11 @@ class TestYubicoPivTool:
         assert card.metadata(0x9A)[0] == 0x6A88  # the key is gone
         assert "Successfully verified PIN." in card.yubico("-a", "verify-pin", "-P", PIN)
         card.yubico("-a", "change-puk", "-P", PUK, "-N", PUK)  # the factory PUK
+        if card.profile.management_key_type != ManagementKeyType.TDES:
+            # The factory key is the profile's own again (AES-192): Debian's tool can't use it.
+            out = card.yubico("-a", "generate", "-s", "9a", "-A", "ECCP256", returncode=1)
+            assert "Failed authentication with the application." in out
+            card.tdes_factory_key()
         card.yubico("-a", "generate", "-s", "9a", "-A", "ECCP256")  # the factory management key
         card.yubico("-a", "read-certificate", "-s", "f9", "-o", f9_after)
         assert f9_after.read_text() == f9_before.read_text()  # attestation survives
@@ -579,8 +769,10 @@ def provisioned(piv_card: PivCard) -> dict[str, Path]:
     return public_keys
 
 
+@ALL_PROFILES
 class TestPkcs11Tool:
-    TOOLS = ("pkcs11-tool", "yubico-piv-tool", "openssl")
+    TOOLS = ("pkcs11-tool", "yubico-piv-tool", "openssl", "ykman")
+    TDES_KEY = True
 
     @staticmethod
     def p11(card: PivCard, *args: str | Path, returncode: int | None = 0) -> str:
@@ -614,9 +806,9 @@ class TestPkcs11Tool:
     def test_login(self, card: PivCard, provisioned: dict[str, Path]) -> None:
         out = self.p11(card, "--login", "--pin", "999999", "--list-objects", returncode=None)
         assert "CKR_PIN_INCORRECT" in out
-        assert card.metadata(0x80)[1][0x06] == b"\x03\x02"  # (maximum, remaining)
+        assert card.pin_tries() == 2
         self.p11(card, "--login", "--pin", PIN, "--list-objects")
-        assert card.metadata(0x80)[1][0x06] == b"\x03\x03"  # a good login resets the counter
+        assert card.pin_tries() == 3  # a good login resets the counter
 
     @pytest.mark.parametrize(
         ("mechanism", "sigopts"),
@@ -738,14 +930,18 @@ class TestPkcs11Tool:
 # -- ykman ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "piv_card", [YUBIKEY_5_4, YUBIKEY_5_7], ids=lambda p: p.name, indirect=True, scope="class"
+)
 class TestYkman:
-    TOOLS = ("ykman", "openssl")
+    TOOLS = ("ykman", "openssl", "yubico-piv-tool")
 
     def test_piv_info(self, card: PivCard) -> None:
         out = card.ykman("info")
-        assert re.search(r"PIV version:\s+5\.7\.1\n", out)
+        assert re.search(rf"PIV version:\s+{re.escape(version_text(card.profile))}\n", out)
         assert re.search(r"PIN tries remaining:\s+3/3\n", out)
-        assert re.search(r"Management key algorithm:\s+TDES\n", out)
+        algorithm = card.profile.management_key_type.name
+        assert re.search(rf"Management key algorithm:\s+{algorithm}\n", out)
         assert "Using default Management key" in out
 
     @pytest.mark.parametrize(("algorithm", "slot"), [("ECCP256", "9a"), ("RSA2048", "82")])
@@ -789,6 +985,45 @@ class TestYkman:
 
         assert "Reset complete." in out
         info = card.ykman("info")
-        assert re.search(r"Management key algorithm:\s+TDES\n", info)
+        algorithm = card.profile.management_key_type.name
+        assert re.search(rf"Management key algorithm:\s+{algorithm}\n", info)
         assert "Using default Management key" in info
         assert "Slot 9E" not in info
+
+    def test_yubico_piv_tool_and_the_factory_key(self, card: PivCard) -> None:
+        """yubico-piv-tool 2.2.0 authenticates with 3DES only: a YubiKey 5.7's AES-192
+        factory key refuses it (6A86) until ykman makes the key a 3DES one."""
+        public = card.path("tdes.pub")
+        generate = ("-a", "generate", "-s", "9a", "-A", "ECCP256", "-o", public)
+        if card.profile.management_key_type == ManagementKeyType.TDES:
+            card.yubico(*generate)
+            return
+        out = card.yubico(*generate, returncode=1)
+        assert "Failed authentication with the application." in out
+        card.tdes_factory_key()
+        try:
+            assert "Successfully generated" in card.yubico(*generate)
+            assert re.search(r"Management key algorithm:\s+TDES\n", card.ykman("info"))
+        finally:
+            card.ykman("access", "change-management-key", "-m", FACTORY_KEY, "-a", "AES192",
+                       "-n", FACTORY_KEY, "-f")  # fmt: skip
+
+
+def test_ykman_does_not_take_a_plain_piv_card_for_a_yubikey(
+    tmp_path_factory: pytest.TempPathFactory, e2e_available: None
+) -> None:
+    """No Management application, no GET VERSION (6D00): ykman's PIV commands refuse the
+    card as they would a government PIV card."""
+    program("ykman")
+    with (
+        PcscdEnv() as pcscd,
+        EmulatorProcess(pcscd.vpcd_port(0), "--profile", PIV.name) as emulator,
+    ):
+        pcscd.wait_for_card(
+            pcscd.reader(0), present=True, timeout=CARD_TIMEOUT, check=emulator.check_running
+        )
+        card = PivCard(pcscd, emulator, tmp_path_factory.mktemp("piv"), PIV)
+        out = card.run("ykman", "--reader", card.reader, "info", returncode=None)
+        assert "Serial number" not in out.stdout
+        result = card.run("ykman", "--reader", card.reader, "piv", "info", returncode=None)
+        assert result.returncode != 0
