@@ -138,7 +138,7 @@ def test_create_personalises_a_managed_card(manager: CardManager) -> None:
     assert created.admin_key is not None and not created.admin_key.is_default
     assert created.generated == (0x9A, 0x9C)
     report = manager.info("alice")
-    assert report.managed and report.profile == "yubikey" and report.lock == "unlocked"
+    assert report.managed and report.profile == "yubikey-5.4" and report.lock == "unlocked"
     assert report.serial == created.serial
     assert report.pin_tries == (3, 3) and not report.pin_is_default
     assert not report.puk_is_default and report.puk_kind == "disabled"
@@ -153,7 +153,7 @@ def test_create_personalises_a_managed_card(manager: CardManager) -> None:
     sign_works(manager, "alice", PIN)
     summary = manager.list()
     assert [(c.name, c.serial, c.profile, c.state) for c in summary] == [
-        ("alice", created.serial, "yubikey", "unlocked")
+        ("alice", created.serial, "yubikey-5.4", "unlocked")
     ]
 
 

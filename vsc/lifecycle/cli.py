@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+from applets.piv import PROFILES as PIV_PROFILES
 from applets.piv.keys import PinPolicy, TouchPolicy
 from applets.piv.mgmt import ManagementKey, ManagementKeyType
 from applets.piv.pinrules import CLASSES, CharRule, PinRules
@@ -188,14 +189,21 @@ def register(subparsers: Subparsers) -> None:
     create.add_argument(
         "--admin-key-type",
         choices=sorted(_KEY_TYPES),
-        help="the admin key's algorithm (default: the profile's, 3des)",
+        help="the admin key's algorithm (default: the profile's: aes192 for yubikey-5.7, else"
+        " 3des)",
     )
     create.add_argument(
         "--profile",
         default=DEFAULT_PROFILE,
         choices=sorted(PROFILES),
-        help=f"what the card allows and generates (default {DEFAULT_PROFILE}): "
-        + "; ".join(f"{p.name}: {p.summary}" for p in PROFILES.values()),
+        help=f"the card it is, what it allows and generates (default {DEFAULT_PROFILE}): "
+        + "; ".join(f"{name}: {p.summary}" for name, p in PROFILES.items() if name == p.name),
+    )
+    create.add_argument(
+        "--serial",
+        type=_serial,
+        metavar="N",
+        help="the card's serial number, 1 to 4294967295 (default: random); fixed for its life",
     )
     create.add_argument(
         "--generate",
@@ -532,6 +540,8 @@ def _create(args: argparse.Namespace) -> int:
         kwargs["pin_tries"] = args.pin_retries
     if args.puk_retries is not None:
         kwargs["puk_tries"] = args.puk_retries
+    if args.serial is not None:
+        kwargs["serial"] = args.serial
     created = manager.create(
         args.name,
         profile=profile.name,
@@ -593,7 +603,7 @@ def _list(args: argparse.Namespace) -> int:
         serial = str(card.serial) if card.serial is not None else "-"
         state = "in use" if card.in_use else card.state or "(give the backend for details)"
         profile = card.profile or "-"
-        print(f"{card.name:<{width}}  {serial:>8}  {profile:<8}  {card.backend:<8}  {state}")
+        print(f"{card.name:<{width}}  {serial:>8}  {profile:<11}  {card.backend:<8}  {state}")
     return EXIT_OK
 
 
@@ -610,12 +620,24 @@ def _info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serial(text: str) -> int:
+    """A serial number as a YubiKey's: four bytes, not zero."""
+    try:
+        serial = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < serial < 2**32:
+        raise argparse.ArgumentTypeError("a serial is a number from 1 to 4294967295")
+    return serial
+
+
 def _print_report(r: CardReport) -> None:
     created = datetime.datetime.fromtimestamp(r.created).astimezone().isoformat(timespec="seconds")
     print(f"Card {r.name}  (serial {r.serial})")
     print(f"  path:          {r.path}")
     print(f"  created:       {created}")
     print(f"  profile:       {r.profile or '-'}{'' if r.managed else ' (not managed)'}")
+    print(f"  card:          {PIV_PROFILES[r.card_profile].title} ({r.card_profile})")
     print(f"  backend:       {r.backend}")
     if not r.hardware_bound:
         print("                 not hardware-bound: " + "; ".join(r.weaknesses))

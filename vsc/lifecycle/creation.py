@@ -203,7 +203,7 @@ class Creating(ManagerBase):
         tries: tuple[int, int],
     ) -> tuple[int, tuple[int, ...]]:
         puk, puk_kind = puk_choice
-        applet = open_piv(stored, serial=serial)
+        applet = open_piv(stored, serial=serial, profile=profile.card)
         data = applet.data
         assert isinstance(data, StoredPivData)
         stored.unlock(BINDING, "pin", DEFAULT_PIN)  # a fresh card: the factory PIN

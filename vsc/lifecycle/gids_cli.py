@@ -26,7 +26,7 @@ __all__ = ["create", "holds", "info", "respond", "unblock"]
 
 _KEY_LENGTHS = {"3des": 24, "aes128": 16, "aes256": 32}
 #: ``vsc create`` options that belong to PIV's profiles and mean nothing to a GIDS card.
-_PIV_ONLY = ("generate", "locked", "admin_tries", "admin_recovery", "puk_retries")
+_PIV_ONLY = ("generate", "locked", "admin_tries", "admin_recovery", "puk_retries", "serial")
 
 
 def holds(manager: CardManager, name: str) -> bool:

@@ -1,29 +1,34 @@
 """Card profiles: what ``vsc create --profile`` sets up, and what each allows.
 
-Every profile is a PIV card (the only applet vsc has), so every PIN is a PIV
-PIN: 6 to 8 bytes (SP 800-73-4's 8-byte PIN block, which also caps a
-Windows-style policy, whose minimum is 8). A profile gives the default PIN
-policy, the bounds a custom policy must stay within, the keys ``--generate``
-makes on the card, and the admin (management) key's algorithm.
+Every profile is a PIV card, so every PIN is a PIV PIN: 6 to 8 bytes (SP
+800-73-4's 8-byte PIN block, which also caps a Windows-style policy, whose
+minimum is 8). A profile gives the card the PIV applet is (its card profile,
+docs/piv.md "Profiles": the same names as the emulator's ``--profile``), the
+default PIN policy, the bounds a custom policy must stay within, the keys
+``--generate`` makes on the card, and the admin (management) key's algorithm.
 
-* ``yubikey`` (default): what a YubiKey accepts: 6-8 printable ASCII
-  characters, any mix. ``--generate``: 9A (authentication) and 9C
-  (signature), ECC P-256.
-* ``piv``: SP 800-73-4 strictly: 6-8 digits only. ``--generate``: 9A, 9C,
-  9D (key management) and 9E (card authentication, no PIN), ECC P-256.
-* ``windows``: a TPM virtual smart card made by ``tpmvscmgr``: Windows wants
-  at least 8 characters and PIV allows at most 8, so exactly 8, any mix.
-  ``--generate``: 9A (authentication), RSA-2048, like Windows' VSC keys.
+* ``yubikey-5.4`` (default; ``yubikey`` is its older name): a YubiKey 5.4:
+  6-8 printable ASCII characters, any mix. ``--generate``: 9A
+  (authentication) and 9C (signature), ECC P-256. 3DES admin key.
+* ``yubikey-5.7``: the same on a YubiKey 5.7, with an AES-192 admin key (the
+  algorithm of its factory key).
+* ``piv``: a plain SP 800-73-4 card, strictly: 6-8 digits only.
+  ``--generate``: 9A, 9C, 9D (key management) and 9E (card authentication,
+  no PIN), ECC P-256. 3DES admin key.
+* ``windows``: a TPM virtual smart card made by ``tpmvscmgr``, with the PIV
+  applet of a YubiKey 5.4: Windows wants at least 8 characters and PIV allows
+  at most 8, so exactly 8, any mix. ``--generate``: 9A (authentication),
+  RSA-2048, like Windows' VSC keys. 3DES admin key (Windows' admin key is a
+  24-byte 3DES key, and yubico-piv-tool 2.2.0 knows no other).
 
-The admin key is 3DES in every profile (Windows' admin key is a 24-byte 3DES
-key, and yubico-piv-tool 2.2.0 knows no other); AES-128/192/256 can be chosen
-with ``--admin-key-type``.
+``--admin-key-type`` chooses another algorithm the card accepts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from applets.piv import PIV, YUBIKEY_5_4, YUBIKEY_5_7, PivProfile
 from applets.piv.keys import KeyType, PinPolicy
 from applets.piv.mgmt import ManagementKeyType
 from applets.piv.pinrules import CharRule, PinRules
@@ -50,6 +55,8 @@ class Profile:
     summary: str
     pin_rules: PinRules
     keys: tuple[KeySpec, ...]
+    #: The card the PIV applet is (kept in the card's PIV record).
+    card: PivProfile = YUBIKEY_5_4
     admin_key_type: ManagementKeyType = ManagementKeyType.TDES
 
     def rules(
@@ -76,21 +83,31 @@ class Profile:
 
 
 _ALL = CharRule.OPTIONAL
+_YUBIKEY_RULES = PinRules(6, 8, _ALL, _ALL, _ALL, _ALL)
+_YUBIKEY_KEYS = (
+    KeySpec(0x9A, KeyType.ECCP256, PinPolicy.ONCE),
+    KeySpec(0x9C, KeyType.ECCP256, PinPolicy.ALWAYS),
+)
 PROFILES: dict[str, Profile] = {
     profile.name: profile
     for profile in (
         Profile(
-            "yubikey",
-            "like a YubiKey: PIN of 6-8 printable characters; 9A and 9C ECC P-256",
-            PinRules(6, 8, _ALL, _ALL, _ALL, _ALL),
-            (
-                KeySpec(0x9A, KeyType.ECCP256, PinPolicy.ONCE),
-                KeySpec(0x9C, KeyType.ECCP256, PinPolicy.ALWAYS),
-            ),
+            "yubikey-5.4",
+            "a YubiKey 5.4: PIN of 6-8 printable characters; 9A and 9C ECC P-256",
+            _YUBIKEY_RULES,
+            _YUBIKEY_KEYS,
+        ),
+        Profile(
+            "yubikey-5.7",
+            "a YubiKey 5.7: as yubikey-5.4, with an AES-192 admin key",
+            _YUBIKEY_RULES,
+            _YUBIKEY_KEYS,
+            card=YUBIKEY_5_7,
+            admin_key_type=ManagementKeyType.AES192,
         ),
         Profile(
             "piv",
-            "SP 800-73-4: PIN of 6-8 digits; 9A, 9C, 9D and 9E ECC P-256",
+            "a plain SP 800-73-4 card: PIN of 6-8 digits; 9A, 9C, 9D and 9E ECC P-256",
             PinRules(
                 6,
                 8,
@@ -105,6 +122,7 @@ PROFILES: dict[str, Profile] = {
                 KeySpec(0x9D, KeyType.ECCP256, PinPolicy.ONCE),
                 KeySpec(0x9E, KeyType.ECCP256, PinPolicy.NEVER),
             ),
+            card=PIV,
         ),
         Profile(
             "windows",
@@ -114,4 +132,6 @@ PROFILES: dict[str, Profile] = {
         ),
     )
 }
-DEFAULT_PROFILE = "yubikey"
+DEFAULT_PROFILE = "yubikey-5.4"
+#: Cards made before the YubiKey profiles had versions say "yubikey".
+PROFILES["yubikey"] = PROFILES[DEFAULT_PROFILE]

@@ -91,6 +91,8 @@ class CardReport:
     path: str
     serial: int
     profile: str | None
+    #: The card the PIV applet is (docs/piv.md, "Profiles"), from its PIV record.
+    card_profile: str
     managed: bool
     backend: str
     backend_kind: str
@@ -237,6 +239,7 @@ class Reporting(ManagerBase):
                 path=str(stored.path),
                 serial=data.serial,
                 profile=record.get("profile"),
+                card_profile=data.profile.name,
                 managed=managed is not None,
                 backend=backend.summary,
                 backend_kind=backend.kind,
