@@ -39,20 +39,12 @@ from yubikit.piv import (
 )
 
 from applets.piv import YUBIKEY_5_7, PivProfile
+from applets.piv.keys import PrivateKey, PublicKey
 
 PIN = "123456"
 PUK = "12345678"
 AES_KEY = bytes(range(0x20, 0x40))
 
-PublicKey = (
-    rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | x25519.X25519PublicKey
-)
-PrivateKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | x25519.X25519PrivateKey
-)
 
 #: yubikit's names of the profiles' algorithms.
 _KEY_TYPES = {

@@ -80,7 +80,20 @@ from .objects import (
     certificate_value,
 )
 from .pinrules import PinRuleError, strip_padding
-from .profile import DEFAULT_PROFILE, YUBICO_INS, PivProfile
+from .profile import (
+    DEFAULT_PROFILE,
+    INS_ATTEST,
+    INS_GET_METADATA,
+    INS_GET_SERIAL,
+    INS_GET_VERSION,
+    INS_IMPORT_KEY,
+    INS_MOVE_KEY,
+    INS_RESET,
+    INS_SET_MANAGEMENT_KEY,
+    INS_SET_PIN_RETRIES,
+    YUBICO_INS,
+    PivProfile,
+)
 from .security import Challenge, ChallengeKind, SecurityState
 from .state import PIN_BLOCK_SIZE, PivData, PivRecord, Reference, random_serial
 
@@ -93,15 +106,7 @@ INS_GENERATE = 0x47
 INS_AUTHENTICATE = 0x87
 INS_GET_DATA = 0xCB
 INS_PUT_DATA = 0xDB
-INS_MOVE_KEY = 0xF6
-INS_GET_METADATA = 0xF7
-INS_GET_SERIAL = 0xF8
-INS_ATTEST = 0xF9
-INS_SET_PIN_RETRIES = 0xFA
-INS_RESET = 0xFB
-INS_GET_VERSION = 0xFD
-INS_IMPORT_KEY = 0xFE
-INS_SET_MANAGEMENT_KEY = 0xFF
+# The Yubico instructions (INS_MOVE_KEY .. INS_SET_MANAGEMENT_KEY) are the profile module's.
 #: vsc's lock control of managed cards (vendor-specific; 6D00 on other cards).
 INS_LOCK = 0xF1
 

@@ -304,6 +304,20 @@ class PivCard:
     def path(self, name: str) -> Path:
         return self.workdir / name
 
+    def piv_tool_admin(
+        self, key_file: Path, *, algorithm: str | None = None, returncode: int | None = 0
+    ) -> tuple[subprocess.CompletedProcess[str], list[tuple[str, str]]]:
+        """``piv-tool -A M:9B:<algorithm>`` (default: the card's key's) with the key in
+        ``key_file``; its result and the GENERAL AUTHENTICATE exchanges the card traced."""
+        algorithm = algorithm or _PIV_TOOL_ALGORITHM[self.profile.management_key_type]
+        mark = self.trace_mark()
+        result = self.run(
+            "piv-tool", "-r", self.reader, "-A", f"M:9B:{algorithm}",
+            env={"PIV_EXT_AUTH_KEY": str(key_file)}, returncode=returncode,
+        )  # fmt: skip
+        auth = [(c, r) for c, r in self.trace_since(mark) if c.startswith(f"00 87 {algorithm} 9B")]
+        return result, auth
+
     def tdes_factory_key(self) -> None:
         """The factory key's 24 bytes as a 3DES key: what yubico-piv-tool 2.2.0 can use."""
         self.ykman(
@@ -374,47 +388,26 @@ class TestOpenSC:
     def test_piv_tool_admin_mutual_authentication(self, card: PivCard, form: str) -> None:
         # PIV_EXT_AUTH_KEY names a file: the key as XX:XX:... text or as raw bytes.
         key = bytes.fromhex(FACTORY_KEY)
-        algorithm = _PIV_TOOL_ALGORITHM[card.profile.management_key_type]
         key_file = card.path(f"admin-key-{form}")
         if form == "text":
             key_file.write_text(key.hex(":"))
         else:
             key_file.write_bytes(key)
-        mark = card.trace_mark()
 
-        result = card.run(
-            "piv-tool",
-            "-r",
-            card.reader,
-            "-A",
-            f"M:9B:{algorithm}",
-            env={"PIV_EXT_AUTH_KEY": str(key_file)},
-        )
+        result, auth = card.piv_tool_admin(key_file)
 
         assert "failed" not in result.stderr, result.stderr
-        auth = [(c, r) for c, r in card.trace_since(mark) if c.startswith(f"00 87 {algorithm} 9B")]
         assert len(auth) == 2, auth  # witness request, then witness + challenge
         assert auth[1][1].endswith("90 00")
 
     def test_piv_tool_wrong_admin_key_is_refused(self, card: PivCard) -> None:
         key_file = card.path("wrong-admin-key")
         key_file.write_text(bytes.fromhex(OTHER_KEY).hex(":"))
-        algorithm = _PIV_TOOL_ALGORITHM[card.profile.management_key_type]
-        mark = card.trace_mark()
 
-        result = card.run(
-            "piv-tool",
-            "-r",
-            card.reader,
-            "-A",
-            f"M:9B:{algorithm}",
-            env={"PIV_EXT_AUTH_KEY": str(key_file)},
-            returncode=None,
-        )
+        result, auth = card.piv_tool_admin(key_file, returncode=None)
 
         assert result.returncode != 0
         assert "admin_mode failed" in result.stderr
-        auth = [(c, r) for c, r in card.trace_since(mark) if c.startswith(f"00 87 {algorithm} 9B")]
         assert [r for _, r in auth][-1] == "69 82"
 
     def test_piv_tool_admin_with_another_algorithm_is_refused(self, card: PivCard) -> None:
@@ -422,15 +415,10 @@ class TestOpenSC:
         other = "0A" if card.profile.management_key_type == ManagementKeyType.TDES else "03"
         key_file = card.path("admin-key-other-algorithm")
         key_file.write_text(bytes.fromhex(FACTORY_KEY).hex(":"))
-        mark = card.trace_mark()
 
-        result = card.run(
-            "piv-tool", "-r", card.reader, "-A", f"M:9B:{other}",
-            env={"PIV_EXT_AUTH_KEY": str(key_file)}, returncode=None,
-        )  # fmt: skip
+        result, auth = card.piv_tool_admin(key_file, algorithm=other, returncode=None)
 
         assert result.returncode != 0
-        auth = [(c, r) for c, r in card.trace_since(mark) if c.startswith(f"00 87 {other} 9B")]
         assert [r for _, r in auth][-1] == "6A 86"
 
 
