@@ -348,6 +348,32 @@ def test_oversized_length_with_a_stalled_peer_is_dropped() -> None:
         peer.close()
 
 
+def trickle(sock: socket.socket, data: bytes, every: float) -> bool:
+    """Send ``data`` a byte every ``every`` s; whether the emulator cut us off first."""
+    for i in range(len(data)):
+        try:
+            sock.sendall(data[i : i + 1])
+        except OSError:
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_a_frame_trickled_a_byte_at_a_time_is_dropped_when_its_time_is_up() -> None:
+    # Each byte comes well within the frame timeout; the frame as a whole does not.
+    with fake_vpcd() as vpcd, running([default_card()], vpcd.port):
+        peer = vpcd.accept()
+        assert peer.atr() == DEFAULT_ATR
+        started = time.monotonic()
+        frame = b"\x00\x40" + bytes(0x40)
+        assert trickle(peer.sock, frame, FRAME_TIMEOUT / 6), "the whole trickled frame was read"
+        assert time.monotonic() - started < 10 * FRAME_TIMEOUT
+        peer.close()
+        peer = vpcd.accept()  # the slot reconnects and serves again
+        assert peer.atr() == DEFAULT_ATR
+        peer.close()
+
+
 def test_exception_in_the_card_answers_6f00_and_the_loop_lives_on() -> None:
     card = ExplodingCard([])
     with fake_vpcd() as vpcd, running([card], vpcd.port):
@@ -482,6 +508,56 @@ def test_reversed_mode_drops_garbage_and_accepts_again() -> None:
         peer = Peer(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
         assert peer.atr() == DEFAULT_ATR
         peer.close()
+
+
+def connect(port: int) -> Peer:
+    return Peer(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+
+
+def test_reversed_mode_a_silent_or_trickling_newcomer_does_not_hold_the_slot() -> None:
+    with running([default_card()], 0, reversed=True) as emulator:
+        (port,) = emulator.ports
+        silent = connect(port)
+        trickling = connect(port)
+        trickling.sock.sendall(b"\x00")  # half a length, then nothing
+        vpcd = connect(port)
+        assert vpcd.atr() == DEFAULT_ATR  # served at once, past the two before it
+        assert vpcd.transmit(SELECT_ECHO) == OK
+        silent.assert_dropped()  # each within the frame timeout of its arrival
+        trickling.assert_dropped()
+        for peer in (silent, trickling, vpcd):
+            peer.close()
+
+
+def test_reversed_mode_a_fresh_connection_takes_over_from_a_quiet_one() -> None:
+    with running([default_card()], 0, reversed=True) as emulator:
+        (port,) = emulator.ports
+        stale = connect(port)
+        assert stale.atr() == DEFAULT_ATR
+        fresh = connect(port)  # the stale one has said nothing since
+        assert fresh.atr() == DEFAULT_ATR
+        stale.assert_dropped()
+        assert fresh.transmit(SELECT_ECHO) == OK
+        stale.close()
+        fresh.close()
+
+
+def test_reversed_mode_a_busy_connection_keeps_its_slot() -> None:
+    gate = GateApplet()
+    with running([Card([gate])], 0, reversed=True) as emulator:
+        (port,) = emulator.ports
+        busy = connect(port)
+        assert busy.transmit(bytes([0x00, 0xA4, 0x04, 0x00, 6]) + gate.aid) == OK
+        busy.send_frame(b"\x00\x20\x00\x00")  # a slow command: not quiet, being answered
+        assert gate.entered.wait(TIMEOUT)
+        newcomer = connect(port)
+        newcomer.control(0x04)
+        time.sleep(3 * FRAME_TIMEOUT)  # no takeover while the card is answering
+        gate.gate.set()
+        assert busy.read_frame() == b"\x01" + OK
+        busy.close()  # the newcomer is served once the busy one is done
+        assert newcomer.read_frame() == DEFAULT_ATR
+        newcomer.close()
 
 
 def test_reversed_mode_two_slots() -> None:

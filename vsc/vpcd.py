@@ -73,6 +73,7 @@ __all__ = [
     "UnknownControl",
     "VpcdConnection",
     "VpcdError",
+    "decode",
     "respond",
     "respond_apdu",
 ]
@@ -207,6 +208,19 @@ class VpcdConnection:
         return bool(self._buffer)
 
     @property
+    def wanted(self) -> int:
+        """How many more bytes complete the next frame (0: one is buffered).
+
+        A reader that asks the socket for no more than this never reads past
+        the frame, so whatever follows it stays in the socket for the next
+        owner of the stream (the emulator's reversed-mode lobby relies on it).
+        """
+        buffer = self._buffer
+        if len(buffer) < _HEADER:
+            return _HEADER - len(buffer)
+        return max(0, _HEADER + ((buffer[0] << 8) | buffer[1]) - len(buffer))
+
+    @property
     def closed(self) -> bool:
         """Whether end of stream has been fed."""
         return self._eof
@@ -268,7 +282,7 @@ class VpcdConnection:
             if len(buffer) >= _HEADER + length:
                 payload = bytes(buffer[_HEADER : _HEADER + length])
                 del buffer[: _HEADER + length]
-                return _decode(payload)
+                return decode(payload)
         if not self._eof:
             return NEED_DATA
         if buffer:
@@ -284,7 +298,8 @@ class VpcdConnection:
         return len(payload).to_bytes(_HEADER, "big") + payload
 
 
-def _decode(payload: bytes) -> Event:
+def decode(payload: bytes) -> Event:
+    """The event a whole frame's payload (1 to :data:`MAX_FRAME` bytes) stands for."""
     if len(payload) == 1:
         event = _CONTROL_EVENTS.get(payload[0])
         return event if event is not None else UnknownControl(payload[0])

@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_FRAME_TIMEOUT,
         metavar="SECONDS",
-        help="drop a peer that stops sending inside a frame (default %(default)s)",
+        help="the time a frame may take from its first byte to its last, and (-R) a new "
+        "connection's wait for its first frame and the quiet after which a fresh vpcd "
+        "connection takes over a slot (default %(default)s)",
     )
     return parser
 

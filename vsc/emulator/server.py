@@ -2,7 +2,9 @@
 
 :class:`Emulator` owns what the slots share: the stop event, the wake-up pipe
 that ends their selector waits, the set of connected sockets that
-:meth:`Emulator.stop` shuts down, and the reconnect :class:`Backoff`.
+:meth:`Emulator.stop` shuts down, the reconnect :class:`Backoff`, and in
+reversed mode the :class:`~vsc.emulator.lobby.Lobby` that accepts vpcd's
+connections for every slot.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..card import Card
+from .lobby import Lobby
 from .slot import _Slot
 
 __all__ = ["DEFAULT_FRAME_TIMEOUT", "DEFAULT_HOST", "DEFAULT_PORT", "Backoff", "Emulator"]
@@ -49,6 +52,11 @@ class Emulator:
     ``start()`` binds the listening sockets of reversed mode (so a busy port
     fails there, with OSError) and starts the threads; ``stop()`` may be
     called from a signal handler; ``join()`` waits for the threads.
+
+    ``frame_timeout`` bounds every frame from its first byte to its last, a
+    send to a peer that stopped reading, and in reversed mode a new
+    connection's wait for its first frame and how long a connection may be
+    quiet before a fresh one takes over (:mod:`vsc.emulator.lobby`).
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class Emulator:
         self._slots = [
             _Slot(self, i, card, port + i if port else 0) for i, card in enumerate(cards)
         ]
+        self._lobby: Lobby | None = None
 
     @property
     def ports(self) -> list[int]:
@@ -99,6 +108,9 @@ class Emulator:
         except OSError:
             self.close()
             raise
+        if self.reversed:
+            self._lobby = Lobby(self, self._slots)
+            self._lobby.thread.start()
         for slot in self._slots:
             slot.thread.start()
 
@@ -112,17 +124,22 @@ class Emulator:
             for sock in self._live:
                 with contextlib.suppress(OSError):  # the peer may have gone already
                     sock.shutdown(socket.SHUT_RDWR)
+        for slot in self._slots:
+            slot.wake()
 
     def wait(self) -> None:
         """Block until :meth:`stop` is called."""
         self._stop.wait()
 
     def join(self, timeout: float = _JOIN_TIMEOUT) -> bool:
-        """Wait for the slot threads to end; whether they all did."""
-        for slot in self._slots:
-            if slot.thread.is_alive():
-                slot.thread.join(timeout)
-        alive = [slot.name for slot in self._slots if slot.thread.is_alive()]
+        """Wait for the slot threads (and the lobby's) to end; whether they all did."""
+        threads = {slot.name: slot.thread for slot in self._slots}
+        if self._lobby is not None:
+            threads["the lobby"] = self._lobby.thread
+        for thread in threads.values():
+            if thread.is_alive():
+                thread.join(timeout)
+        alive = [name for name, thread in threads.items() if thread.is_alive()]
         if alive:
             log.error("threads did not stop: %s", ", ".join(alive))
         return not alive
@@ -166,11 +183,23 @@ class Emulator:
             self._live.discard(sock)
             sock.close()
 
+    def shut(self, sock: socket.socket) -> None:
+        """End ``sock``'s blocking calls, if it is still open (a takeover)."""
+        with self._live_lock:
+            if sock in self._live:
+                with contextlib.suppress(OSError):  # the peer may have gone already
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def selector_on_wake(self) -> selectors.BaseSelector:
+        """A selector watching the wake-up pipe (its key's data is None)."""
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        return selector
+
     def selector(self, sock: socket.socket, events: int) -> selectors.BaseSelector:
         """A selector watching ``sock`` for ``events`` and the wake-up pipe."""
-        selector = selectors.DefaultSelector()
+        selector = self.selector_on_wake()
         selector.register(sock, events)
-        selector.register(self._wake_r, selectors.EVENT_READ)
         return selector
 
     def ready(
@@ -183,6 +212,6 @@ class Emulator:
         return any(key.fileobj is sock for key, _ in ready)
 
     def wait_ready(self, sock: socket.socket, events: int, timeout: float | None) -> bool:
-        """One-off :meth:`ready` (connect and accept)."""
+        """One-off :meth:`ready` (connecting to vpcd)."""
         with self.selector(sock, events) as selector:
             return self.ready(sock, selector, timeout)

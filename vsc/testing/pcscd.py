@@ -19,7 +19,11 @@ private mount namespace (``unshare -m --propagation private``) where:
 The vpcd entry listens on TCP port P (slot 0) and P+1 (slot 1); pcscd names
 the readers ``"<FRIENDLY_NAME> 00 00"`` and ``"<FRIENDLY_NAME> 00 01"``, by
 default ``"Virtual PCD 00 00"`` and ``"Virtual PCD 00 01"`` (see
-:func:`reader_name`).
+:func:`reader_name`). In reversed mode (``card_host``) vpcd connects instead,
+to ``card_host:P`` and ``card_host:P+1``, once as pcscd starts: the card must
+listen on *both* ports by then. (vpcd 3.3 does not check its connect: a port
+with no listener hands pcscd a -1 descriptor, and pcscd aborts with "bit out
+of range 0 - FD_SETSIZE on fd_set".)
 
 Clients stay outside the namespace. The pcsc-lite client library (1.9.9)
 reads the socket path from ``PCSCLITE_CSOCK_NAME`` (the daemon ignores it), so
@@ -198,7 +202,8 @@ class PcscdEnv:
     ``port`` is slot 0's vpcd port (slot 1 is ``port + 1``); None picks a free
     pair. ``debug`` adds pcscd's debug and APDU logging to :meth:`log_text`.
     ``user_namespace`` runs pcscd in a user namespace too (default: when not
-    root).
+    root). ``card_host`` selects reversed mode: vpcd connects to a card
+    listening on ``card_host`` at ``port`` and ``port + 1`` (give ``port``).
     """
 
     def __init__(
@@ -209,7 +214,11 @@ class PcscdEnv:
         debug: bool = False,
         start_timeout: float = 10.0,
         user_namespace: bool | None = None,
+        card_host: str | None = None,
     ) -> None:
+        if card_host is not None and port is None:
+            raise ValueError("reversed mode needs the port the card listens on")
+        self.card_host = card_host
         self._auto_port = port is None
         self.port = pick_vpcd_port() if port is None else port
         self.friendly_name = friendly_name
@@ -324,9 +333,14 @@ class PcscdEnv:
             return []
 
     def _write_reader_conf(self) -> None:
+        # Normal mode: vpcd listens on the port; reversed: it connects to host:port.
+        if self.card_host is None:
+            device = f"/dev/null:0x{self.port:04X}"
+        else:
+            device = f"{self.card_host}:{self.port}"
         entry = (
             f'FRIENDLYNAME "{self.friendly_name}"\n'
-            f"DEVICENAME /dev/null:0x{self.port:04X}\n"
+            f"DEVICENAME {device}\n"
             f"LIBPATH {self.driver_dir / VPCD_DRIVER.name}\n"
             f"CHANNELID 0x{self.port:04X}\n"
         )
