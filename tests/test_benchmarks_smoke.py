@@ -39,7 +39,7 @@ def test_quick_engine_run_prints_table_and_writes_json(tmp_path: Path) -> None:
     assert "== engine: " in out
     assert "SELECT PIV" in out and "GA sign P-256" in out and "echo card" in out
     assert "median us" in out
-    assert "== issue 7 targets" in out
+    assert "== targets (issues 7 and 17" in out
     assert "the group raised" not in out, out
 
     records = list(tmp_path.glob("*.json"))
