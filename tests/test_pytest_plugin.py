@@ -89,7 +89,7 @@ def gone(pid: int, timeout: float = 10.0) -> bool:
 def test_the_documented_examples_pass_in_parallel(prerequisites: None, tmp_path: Path) -> None:
     examples = documented_examples()
     assert {"test_yubikit_inproc.py", "test_c_client.py", "test_tpm_card.py"} <= set(examples)
-    assert "test_fuzz_properties.py" in examples
+    assert {"test_fuzz_properties.py", "test_card_profiles.py"} <= set(examples)
     for name, text in examples.items():
         (tmp_path / name).write_text(text)
     junit = tmp_path / "junit.xml"
@@ -257,3 +257,34 @@ def test_an_unknown_profile_is_a_usage_error_naming_the_known_ones() -> None:
         _memory_card(CardSpec(profile="no-such-card"))
     for name in card_profiles():
         assert repr(name) in str(error.value)
+
+
+PROFILE_VERSIONS = {"yubikey-5.4": "050403", "yubikey-5.7": "050701", "piv": None}
+
+
+@pytest.mark.parametrize(
+    "vsc_card, profile",
+    [
+        pytest.param(
+            {"backend": backend, "profile": profile, "serial": 4242},
+            profile,
+            id=f"{backend}-{profile}",
+        )
+        for backend in ("memory", "plain")
+        for profile in PROFILE_VERSIONS
+    ],
+    indirect=["vsc_card"],
+)
+def test_the_profile_parameter_chooses_the_card(vsc_card: object, profile: str) -> None:
+    """Each profile's card, in memory and stored: its version, or no Yubico instruction at all."""
+    from vsc import Card
+
+    assert isinstance(vsc_card, Card)
+    assert vsc_card.transmit(bytes.fromhex("00A4040005A000000308"))[-2:] == b"\x90\x00"
+    version, serial = PROFILE_VERSIONS[profile], (4242).to_bytes(4, "big")
+    if version is None:
+        assert vsc_card.transmit(bytes.fromhex("00FD000000")) == b"\x6d\x00"
+        assert vsc_card.transmit(bytes.fromhex("00F8000000")) == b"\x6d\x00"
+    else:
+        assert vsc_card.transmit(bytes.fromhex("00FD000000")) == bytes.fromhex(version + "9000")
+        assert vsc_card.transmit(bytes.fromhex("00F8000000")) == serial + b"\x90\x00"
