@@ -12,7 +12,9 @@ import json
 
 import pytest
 from yubikit.core import TRANSPORT
+from yubikit.core.smartcard import ApduError
 from yubikit.management import CAPABILITY, FORM_FACTOR, ManagementSession
+from yubikit.piv import PivSession
 
 from applets.cards import (
     PIV_ATR,
@@ -48,6 +50,9 @@ from .test_piv_applet import (
 SERIAL = 24681012
 YUBICO_INS = (0xF6, 0xF7, 0xF8, 0xF9, 0xFA, 0xFB, 0xFD, 0xFE, 0xFF)
 MANAGEMENT_SELECT = "00A4040008A000000527471117"
+#: ykman's probes of a YubiKey's other applications: OTP, FIDO (U2F/CTAP), OpenPGP, OATH.
+OTHER_APPLICATIONS = ("A0000005272001", "A0000006472F0001", "D27600012401", "A0000005272101")
+PROFILES = [YUBIKEY_5_4, YUBIKEY_5_7, PIV]
 
 
 def card(profile: PivProfile) -> Piv:
@@ -109,8 +114,11 @@ def test_plain_piv_objects_are_the_sp800_73_containers() -> None:
         assert piv.put_object(tag, b"x") == NOT_SUPPORTED, hex(tag)
         assert piv.get_object(tag)[1] == NOT_FOUND, hex(tag)
     # SP 800-73-4's biometric containers hold more than a certificate.
-    assert piv.put_object(0x5FC108, b"\xfa" * 12704) == OK
-    assert piv.put_object(0x5FC108, b"\xfa" * 12705) == NO_SPACE
+    for tag, size in ((0x5FC103, 4006), (0x5FC108, 12704), (0x5FC121, 7106)):
+        assert piv.put_object(tag, b"\xfa" * size) == OK, hex(tag)
+        assert piv.put_object(tag, b"\xfa" * (size + 1)) == NO_SPACE, hex(tag)
+    assert piv.put_object(0x5FC105, b"\xfa" * 3063) == OK
+    assert piv.put_object(0x5FC105, b"\xfa" * 3064) == NO_SPACE
 
 
 def test_plain_piv_guards_its_pin_objects_even_when_absent() -> None:
@@ -177,7 +185,53 @@ def test_puk_bytes_per_profile() -> None:
     assert card(YUBIKEY_5_7).sw(0x24, 0x00, 0x81, PUK + high) == CONDITIONS
 
 
+def test_yubikit_refuses_a_plain_piv_card() -> None:
+    """ykman and yubikit open a PIV session with GET VERSION, which a plain card lacks."""
+    connection = YubikitConnection(build_card(PivApplet(serial=SERIAL, profile=PIV)))
+    with pytest.raises(ApduError) as error:
+        PivSession(connection)
+    assert error.value.sw == BAD_INS
+
+
+# -- every profile ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_other_applications_are_absent(profile: PivProfile) -> None:
+    """ykman's OTP, FIDO, OpenPGP and OATH probes: 6A82, as on a key with them disabled."""
+    conn = CardConnection(build_card(PivApplet(serial=SERIAL, profile=profile)))
+    for aid in OTHER_APPLICATIONS:
+        select = f"00A40400{len(aid) // 2:02X}{aid}"
+        assert conn.transmit(bytes.fromhex(select))[1] == NOT_FOUND, aid
+    assert conn.transmit(bytes.fromhex("00A4040005A000000308"))[1] == OK
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+def test_bit_group_template_and_discovery(profile: PivProfile) -> None:
+    piv = admin(profile)
+    assert piv.raw("00CB3FFF035C017E") == (DISCOVERY, OK)
+    assert piv.get_object(0x7F61)[1] == NOT_FOUND
+    assert piv.put_object(0x7F61, bytes.fromhex("020100")) == OK
+    assert piv.get_object(0x7F61) == (bytes.fromhex("7F6103020100"), OK)
+
+
 # -- YubiKey 5.4 and 5.7 -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", [YUBIKEY_5_4, YUBIKEY_5_7], ids=lambda p: p.name)
+def test_yubikey_pin_objects_answer_absent_before_the_pin(profile: PivProfile) -> None:
+    """A YubiKey says 6A82 for an absent PIN-protected object without the PIN, and 6982
+    for a present one; it comes without a CHUID or CCC."""
+    piv = admin(profile)
+    for tag in (0x5FC103, 0x5FC108, 0x5FC109, 0x5FC121):
+        assert piv.get_object(tag)[1] == NOT_FOUND, hex(tag)
+        assert piv.put_object(tag, b"secret") == OK
+        assert piv.get_object(tag)[1] == SECURITY, hex(tag)
+    for tag in (0x5FC102, 0x5FC107):
+        assert piv.get_object(tag)[1] == NOT_FOUND, hex(tag)
+    assert piv.verify() == OK
+    for tag in (0x5FC103, 0x5FC108, 0x5FC109, 0x5FC121):
+        assert piv.get_object(tag) == (encode_tlv(0x53, b"secret"), OK)
 
 
 @pytest.mark.parametrize(
@@ -276,6 +330,20 @@ def test_selecting_management_ends_the_piv_session() -> None:
     assert conn.transmit(bytes.fromhex(MANAGEMENT_SELECT))[1] == OK
     assert conn.transmit(bytes.fromhex("00A4040005A000000308"))[1] == OK
     assert conn.transmit(bytes.fromhex("00200080"))[1] == 0x63C3
+
+
+def test_5_4_device_information_is_one_page() -> None:
+    conn = CardConnection(build_card(PivApplet(serial=SERIAL, profile=YUBIKEY_5_4)))
+    assert conn.transmit(bytes.fromhex(MANAGEMENT_SELECT)) == (
+        b"Virtual mgr - FW version 5.4.3",
+        OK,
+    )
+    page, sw = conn.transmit(bytes.fromhex("001D000000"))
+    assert sw == OK and page[0] == len(page) - 1
+    info = parse_dict(page[1:])
+    assert 0x10 not in info and info[0x05] == bytes((5, 4, 3))
+    assert info[0x02] == SERIAL.to_bytes(4, "big")
+    assert conn.transmit(bytes.fromhex("001D010000"))[1] == BAD_P1P2
 
 
 def test_plain_piv_card_has_no_management_application() -> None:
