@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from .cliutil import Handler, Subparsers
+from .cliutil import EXIT_BROKEN_PIPE, Handler, Subparsers
 from .lifecycle import cli as lifecycle_cli
 from .share import cli as share_cli
 from .trace import TRACE
@@ -49,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit, where a closed pipe prints a traceback
+    except BrokenPipeError:
+        # Whoever read stdout has gone (`vsc audit --json | head -1`): stop quietly, with
+        # the status a shell gives a writer killed by SIGPIPE. Later flushes go nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = _LEVELS[min(args.verbose, len(_LEVELS) - 1)]

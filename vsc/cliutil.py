@@ -6,7 +6,10 @@ import their plumbing from here, so every import, including those only the
 type checker follows, points one way.
 
 Exit statuses, the same for every verb: 0 done; 1 failure; 2 usage;
-3 refused (the card's or the service's rules said no); 130 interrupted.
+3 refused (the card's or the service's rules said no); 130 interrupted;
+141 (128 + SIGPIPE, what a shell reports for ``yes | head -1``'s writer)
+when whoever read stdout went away: ``vsc audit --json | head -1`` ends
+quietly.
 
 Secrets a command takes (an admin key, ...) come from a :class:`SecretOption`:
 ``--NAME-file PATH``, ``--NAME-prompt``, an environment variable, or
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -54,6 +58,7 @@ EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_REFUSED: Final = 3
 EXIT_INTERRUPTED: Final = 130
+EXIT_BROKEN_PIPE: Final = 141
 
 
 #: The most a secret file may hold: a secret, not a document.

@@ -70,7 +70,7 @@ from .keys import (
     parse_private_key,
     resolve_touch_policy,
 )
-from .managed import Managed
+from .managed import Managed, unlock_refusal
 from .mgmt import ManagementKey, ManagementKeyType
 from .objects import (
     DISCOVERY_OBJECT,
@@ -910,7 +910,12 @@ class PivApplet(Applet[SecurityState]):
             self.events("lock", {"at": lock_at})
         else:
             self._require_admin(session)
-            lock_at_or_none = None if seconds in (None, NO_LOCK) else now + (seconds or 0)
+            unrestricted = seconds is None or seconds == NO_LOCK
+            refusal = None if unrestricted else unlock_refusal(seconds or 0)
+            if refusal is not None:
+                log.info("unlock refused: %s", refusal)  # the operator learns why
+                raise InvalidData(refusal)
+            lock_at_or_none = None if unrestricted else now + (seconds or 0)
             self.data.set_lock(lock_at_or_none)
             self.events(
                 "unlock",

@@ -23,9 +23,12 @@ like a YubiKey. The block holds:
   lock then comes back by itself), an unrestricted unlock None. Locking only
   ever moves ``lock_at`` earlier; only the admin key moves it later.
 
-A locked card refuses every PIN operation with ``6983`` and every private
-key operation with ``6982``; the management key keeps working, so the
-helpdesk can still unlock or unblock it.
+A locked card refuses every PIN operation with ``6283`` (ISO 7816's "selected
+file deactivated": not a blocked PIN, whose counter would read 0) and every
+private key operation with ``6982``; the management key keeps working, so the
+helpdesk can still unlock or unblock it. A time-limited unlock lasts
+:data:`UNLOCK_MIN` to :data:`UNLOCK_MAX` seconds (MyID's temporary access:
+8 hours to one week); an unrestricted one has no end.
 """
 
 from __future__ import annotations
@@ -36,12 +39,33 @@ from typing import Any
 
 from .pinrules import PinRules
 
-__all__ = ["DEFAULT_ADMIN_RECOVERY", "DEFAULT_ADMIN_TRIES", "AdminCounter", "Managed"]
+__all__ = [
+    "DEFAULT_ADMIN_RECOVERY",
+    "DEFAULT_ADMIN_TRIES",
+    "UNLOCK_MAX",
+    "UNLOCK_MIN",
+    "AdminCounter",
+    "Managed",
+    "unlock_refusal",
+]
 
 #: Wrong management-key answers allowed before the counter blocks.
 DEFAULT_ADMIN_TRIES = 10
 #: One failure forgiven per hour (and, when blocked, one try per hour).
 DEFAULT_ADMIN_RECOVERY = 3600
+#: A time-limited unlock lasts from 8 hours to one week, in seconds.
+UNLOCK_MIN = 8 * 3600
+UNLOCK_MAX = 7 * 24 * 3600
+
+
+def unlock_refusal(seconds: int) -> str | None:
+    """Why an unlock for ``seconds`` is refused (None: within the range)."""
+    if UNLOCK_MIN <= seconds <= UNLOCK_MAX:
+        return None
+    return (
+        f"an unlock for {seconds} s is outside the range: a time-limited unlock lasts"
+        f" 8 hours to 1 week ({UNLOCK_MIN} to {UNLOCK_MAX} s), or is unrestricted"
+    )
 
 
 @dataclass(frozen=True, slots=True)

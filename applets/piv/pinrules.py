@@ -21,7 +21,7 @@ from typing import Any
 
 from vsc.sw import InvalidData
 
-__all__ = ["CLASSES", "CharRule", "PinRuleError", "PinRules", "strip_padding"]
+__all__ = ["CLASSES", "CharRule", "PinRuleError", "PinRules", "members", "strip_padding"]
 
 #: ASCII punctuation and the space: what Windows calls special characters.
 SYMBOLS = (
@@ -90,6 +90,11 @@ class PinRuleError(InvalidData):
         super().__init__(f"{message} (PIN policy rule {rule})")
         self.rule = rule
         self.reason = message
+
+
+def members(name: str) -> frozenset[int]:
+    """The byte values of the character class ``name`` (one of :data:`CLASSES`)."""
+    return _MEMBERS[name]
 
 
 def strip_padding(block: bytes) -> bytes:

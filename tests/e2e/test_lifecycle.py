@@ -224,7 +224,7 @@ def test_a_locked_card_refuses_verify_until_the_helpdesk_unlocks_it(
     serving.stop()
     assert vsc.run("info", "backup", "--json").json()["pin_tries"] == [3, 3]
 
-    shown = vsc.run("unlock", "backup", "--for", "1h").stdout
+    shown = vsc.run("unlock", "backup", "--for", "8h").stdout
     vsc.run("unlock", "backup", "--response", helpdesk(vsc, admin_key, shown))
     serving.start()
     assert "Successfully verified PIN" in yubico(pcscd, "-a", "verify-pin", "-P", PIN)
@@ -235,9 +235,14 @@ def test_a_locked_card_refuses_verify_until_the_helpdesk_unlocks_it(
     )
     assert (lock.sw, verify.sw) == (0x9000, 0x6283)
     remote = RemoteTool(pcscd, admin_key)
-    assert remote.run(bytes.fromhex("00F102000400000E10")) == [0x9000]  # 3600 s
+    # An unlock lasts 8 hours to a week, on the card as in the CLI: 1 h is refused.
+    assert remote.run(bytes.fromhex("00F102000400000E10"), bytes.fromhex("00F102000400007080")) == [
+        0x6A80,
+        0x9000,
+    ]
+    assert "outside the range" in serving.log_text()
     _, status = send_apdus(pcscd, SELECT_PIV, bytes.fromhex("00F1000000"))
-    assert status.data[0] == 0 and 3590 <= int.from_bytes(status.data[1:5], "big") <= 3600
+    assert status.data[0] == 0 and 28790 <= int.from_bytes(status.data[1:5], "big") <= 28800
     assert "Successfully verified PIN" in yubico(pcscd, "-a", "verify-pin", "-P", PIN)
     serving.stop()
 

@@ -133,6 +133,11 @@ def test_unlock_needs_the_management_key_and_expires_by_itself(card: Managed_) -
     eight_hours = (8 * 3600).to_bytes(4, "big")
     assert card.apdu(0xF1, 0x02, 0x00, eight_hours) == DENIED  # no admin yet
     assert card.admin() == OK
+    # MyID's range, 8 hours to a week, on the card too: shorter or longer is refused.
+    for seconds in (0, 8 * 3600 - 1, 7 * 24 * 3600 + 1):
+        assert card.apdu(0xF1, 0x02, 0x00, seconds.to_bytes(4, "big")) == 0x6A80
+    assert card.lock_status() == (True, 0)
+    assert card.apdu(0xF1, 0x02, 0x00, (7 * 24 * 3600).to_bytes(4, "big")) == OK
     assert card.apdu(0xF1, 0x02, 0x00, eight_hours) == OK
     assert card.lock_status() == (False, 8 * 3600)
     assert card.verify() == OK

@@ -190,7 +190,7 @@ def test_a_card_created_locked_works_only_after_an_unlock(manager: CardManager) 
     assert manager.info("backup").locked
     with Served(manager, "backup") as served:
         assert served.verify(PIN) == LOCKED
-    pending = manager.begin_unlock("backup", 60)
+    pending = manager.begin_unlock("backup", 8 * 60)
     manager.complete("backup", respond(created, pending.challenge))
     with Served(manager, "backup") as served:
         assert served.verify(PIN) == OK
@@ -246,8 +246,8 @@ def test_responses_must_answer_the_pending_challenge(
     created = manager.create("alice", pin=PIN)
     with pytest.raises(NoPendingRequest):
         manager.complete("alice", "00000-00000")
-    first = manager.begin_unlock("alice", 60)
-    second = manager.begin_unlock("alice", 60)  # replaces the first
+    first = manager.begin_unlock("alice", 8 * 60)
+    second = manager.begin_unlock("alice", 8 * 60)  # replaces the first
     with pytest.raises(WrongAdminKey):
         manager.complete("alice", respond(created, first.challenge))
     with pytest.raises(Refused, match="mistyped"):
@@ -256,7 +256,7 @@ def test_responses_must_answer_the_pending_challenge(
     clock.advance(PENDING_LIFETIME)
     with pytest.raises(NoPendingRequest):
         manager.complete("alice", respond(created, second.challenge))
-    third = manager.begin_unlock("alice", 60)
+    third = manager.begin_unlock("alice", 8 * 60)
     manager.complete("alice", respond(created, third.challenge))
     with pytest.raises(NoPendingRequest):  # used up
         manager.complete("alice", respond(created, third.challenge))
@@ -519,7 +519,7 @@ def test_the_whole_workflow_on_each_backend(tmp_path: Path, any_backend: Backend
     manager.lock("alice")
     with Served(manager, "alice") as served:
         assert served.verify(PIN) == LOCKED
-    pending = manager.begin_unlock("alice", 60)
+    pending = manager.begin_unlock("alice", 8 * 60)
     manager.complete("alice", respond(created, pending.challenge))
     block_the_pin(manager, "alice")
     pending = manager.begin_unblock("alice")

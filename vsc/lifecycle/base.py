@@ -21,13 +21,14 @@ import fcntl
 import hmac
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from applets.piv.managed import Managed
 from applets.piv.mgmt import ManagementKey
-from applets.piv.pinrules import PinRules
+from applets.piv.pinrules import CLASSES, CharRule, PinRules, members
 from applets.piv.state import DEFAULT_PIN, PIN_BLOCK_SIZE
 from vsc.store import BackendSpec, CardStore, StoredCard
 from vsc.store.gids import has_gids
@@ -51,6 +52,7 @@ __all__ = [
     "ManagerBase",
     "StoredRequest",
     "card_record",
+    "generate_pin",
     "load_pending",
     "managed_or_refuse",
     "pin_block",
@@ -71,6 +73,28 @@ def pin_block(pin: str | bytes, what: str = "PIN") -> bytes:
     if not 1 <= len(raw) <= PIN_BLOCK_SIZE or b"\xff" in raw:
         raise PinPolicyViolation("max-length", f"a {what} has 1 to {PIN_BLOCK_SIZE} characters")
     return raw + b"\xff" * (PIN_BLOCK_SIZE - len(raw))
+
+
+def generate_pin(rules: PinRules) -> str:
+    """A random PIN ``rules`` allow: 8 characters if they may (else the nearest length);
+    digits only unless another class is mandatory, never a space."""
+    length = min(max(8, rules.min_length), rules.max_length)
+    allowed = [name for name in CLASSES if rules.rule(name) is not CharRule.NOT_ALLOWED]
+    mandatory = [name for name in CLASSES if rules.rule(name) is CharRule.MANDATORY]
+    if "digits" in allowed and set(mandatory) <= {"digits"}:
+        pool = ["digits"]
+    else:  # letters and digits; symbols only when they must be there or nothing else may
+        pool = [n for n in allowed if n != "symbols"] or ["symbols"]
+        pool = sorted(set(pool) | set(mandatory), key=CLASSES.index)
+    alphabet = "".join(sorted(chr(c) for name in pool for c in members(name) if c != 0x20))
+    rng = secrets.SystemRandom()
+    while True:
+        chars = [rng.choice(alphabet) for _ in range(length - len(mandatory))]
+        chars += [rng.choice([chr(c) for c in members(n) if c != 0x20]) for n in mandatory]
+        rng.shuffle(chars)
+        pin = "".join(chars)
+        if rules.violation(pin.encode()) is None:
+            return pin
 
 
 def managed_or_refuse(name: str, data: StoredPivData) -> Managed:
@@ -191,8 +215,17 @@ class ManagerBase:
     # -- the card's rules --------------------------------------------------------------------
 
     def check_pin(self, rules: PinRules, pin: str | None, *, default: bool = False) -> bytes:
-        """The PIN block of ``pin`` (None: the factory PIN) if ``rules`` allow it."""
+        """The PIN block of ``pin`` (None: the factory PIN) if ``rules`` allow it.
+
+        A PIN longer than the PIV PIN block is refused, never cut to fit."""
         raw = DEFAULT_PIN.rstrip(b"\xff") if pin is None else pin.encode("utf-8", "replace")
+        if len(raw) > PIN_BLOCK_SIZE:
+            raise PinPolicyViolation(
+                "max-length",
+                f"PIN refused: it has {len(raw)} bytes and a PIV PIN at most {PIN_BLOCK_SIZE}"
+                " (SP 800-73-4's PIN block; vsc never shortens a PIN). Windows allows up to"
+                " 127 characters on its TPM virtual smart cards: vsc create --applet gids",
+            )
         error = rules.violation(raw)
         if error is not None:
             hint = " (the factory PIN 123456: give a PIN)" if default else ""

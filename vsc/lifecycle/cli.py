@@ -22,7 +22,8 @@ in use: stop the emulator first, or use the card's APDU interface.
 
 Exit status: 0 done; 1 failure (no such card, wrong backend, unreadable
 file, ...); 2 usage; 3 refused (PIN policy, capacity, duplicate name, card
-in use, wrong response or admin key, admin key blocked).
+in use, wrong response or admin key, admin key blocked); 141 when whoever
+reads stdout has gone (see :mod:`vsc.cliutil`).
 """
 
 from __future__ import annotations
@@ -70,12 +71,13 @@ from vsc.sw import ApduError
 from . import gids_cli
 from .adminkey import parse_admin_key
 from .audit import AuditLog
+from .base import generate_pin
 from .capacity import DEFAULT_CAPACITY
 from .certs import ProvisioningError
 from .creation import MAX_TRIES
 from .errors import LifecycleError, Refused
 from .gids import is_gids_challenge
-from .helpdesk import Pending
+from .helpdesk import Pending, check_unlock
 from .manager import CardManager
 from .offline import MistypedCode, Purpose, Request, compute_response, describe_minutes
 from .profiles import DEFAULT_PROFILE, PROFILES
@@ -127,12 +129,13 @@ def _card_options() -> argparse.ArgumentParser:
     return common
 
 
-def _pin_options(parser: argparse.ArgumentParser, what: str) -> None:
+def _pin_options(parser: argparse.ArgumentParser, what: str) -> argparse._MutuallyExclusiveGroup:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--pin", metavar="PIN", help=f"{what} (visible to other users in ps: prefer --pin-prompt)"
     )
     group.add_argument("--pin-prompt", action="store_true", help=f"ask for the {what}")
+    return group
 
 
 #: The card's admin key, wherever a command takes it (see :class:`vsc.cliutil.SecretOption`).
@@ -171,9 +174,17 @@ def register(subparsers: Subparsers) -> None:
         choices=("piv", "gids"),
         default="piv",
         help="piv (default): a managed PIV card; gids: a GIDS card as tpmvscmgr makes it"
-        " (PIN default 12345678, no PUK unless --puk, PIN policy 8-127 by default)",
+        " (--default-pin: 12345678, no PUK unless --puk, PIN policy 8-127 by default)",
     )
-    _pin_options(create, "the user PIN (default: the factory PIN 123456, if the policy allows)")
+    pins = _pin_options(
+        create,
+        "the user PIN (without any PIN option: asked at a terminal, else generated and shown once)",
+    )
+    pins.add_argument(
+        "--default-pin",
+        action="store_true",
+        help="the factory PIN (PIV 123456, GIDS 12345678), if the policy allows: for tests",
+    )
     create.add_argument(
         "--puk",
         default="none",
@@ -282,7 +293,8 @@ def register(subparsers: Subparsers) -> None:
         "--for",
         dest="duration",
         metavar="DURATION",
-        help="how long: 8h, 1d, 1w, 30m, 1d12h or unrestricted (starts a new challenge)",
+        help="how long: 8 hours to 1 week (8h, 1d, 2d12h, 1w) or unrestricted (starts a new"
+        " challenge)",
     )
     unlock.add_argument("--response", metavar="RESPONSE", help="the helpdesk's response")
 
@@ -478,6 +490,24 @@ def _pin(args: argparse.Namespace, prompt: str) -> str | None:
     return pin
 
 
+def _new_pin(
+    args: argparse.Namespace, manager: CardManager, rules: PinRules, *, check: bool = True
+) -> tuple[str | None, str]:
+    """A new card's PIN and how it came: "chosen" (--pin, --pin-prompt, or asked at a
+    terminal), "default" (--default-pin: None, the applet's factory PIN), or "generated"
+    (no terminal and no PIN given: random, under the policy, shown once). Never a silent
+    well-known PIN. ``rules`` are checked before any prompt or card."""
+    if args.default_pin:
+        return None, "default"
+    if args.pin is not None:
+        if check:
+            manager.check_pin(rules, args.pin)
+        return _pin(args, "User PIN: "), "chosen"
+    if args.pin_prompt or _interactive():
+        return _ask_secret("User PIN: ", twice=True), "chosen"
+    return generate_pin(rules), "generated"
+
+
 def _admin_key(args: argparse.Namespace) -> ManagementKey:
     """The admin key from --admin-key-file, --admin-key-prompt, --admin-key or $VSC_ADMIN_KEY;
     asked for at a terminal when none is given."""
@@ -520,17 +550,20 @@ def _create(args: argparse.Namespace) -> int:
         )
     admin_key = chosen_key.value if chosen_key is not None else "random"
     if args.applet == "gids":
-        return gids_cli.create(args, manager, _pin(args, "User PIN: "), admin_key)
+        pin, how = _new_pin(args, manager, gids_cli.pin_rules(args), check=False)
+        return gids_cli.create(
+            args,
+            manager,
+            "default" if how == "default" else pin,
+            admin_key,
+            pin_generated=how == "generated",
+        )
     profile = PROFILES[args.profile]
     classes = {name: getattr(args, name) for name in CLASSES if getattr(args, name) is not None}
     rules: PinRules | None = None
     if classes or args.pin_min is not None or args.pin_max is not None:
         rules = profile.rules(min_length=args.pin_min, max_length=args.pin_max, classes=classes)
-    # The policy first, before any prompt is answered or any card made.
-    effective = rules or profile.pin_rules
-    if args.pin is not None:
-        manager.check_pin(effective, args.pin)
-    pin = _pin(args, "User PIN: ")
+    pin, how = _new_pin(args, manager, rules or profile.pin_rules)
     kwargs: dict[str, Any] = {}
     if args.admin_tries is not None:
         kwargs["admin_tries"] = args.admin_tries
@@ -552,6 +585,7 @@ def _create(args: argparse.Namespace) -> int:
         rules=rules,
         generate=args.generate,
         locked=args.locked,
+        pin_generated=how == "generated",
         **kwargs,
     )
     backend = manager.backend.kind if manager.backend else "?"
@@ -565,6 +599,7 @@ def _create(args: argparse.Namespace) -> int:
                 "admin_key": created.admin_key.key.hex() if created.admin_key else None,
                 "generated": [f"{s:02X}" for s in created.generated],
                 "locked": created.locked,
+                **({"pin": pin} if how == "generated" else {}),
             }
         )
         return EXIT_OK
@@ -579,6 +614,10 @@ def _create(args: argparse.Namespace) -> int:
         print("Admin key: the factory default. Anyone can answer this card's challenges.")
     elif chosen_key is not None:
         print(f"Admin key: the one given ({chosen_key.source}).")
+    if how == "generated":
+        print(f"PIN (generated, shown this once: give it to the card's user): {pin}")
+    elif how == "default":
+        print("PIN: the factory default 123456 (--default-pin): the user must change it.")
     if args.puk == "none":
         print("PUK: disabled: a blocked PIN is reset with `vsc unblock`.")
     if created.generated:
@@ -784,6 +823,8 @@ def _respond(args: argparse.Namespace) -> int:
                 f" {describe_minutes(wanted)}: no response",
                 EXIT_REFUSED,
             )
+    if request.purpose is Purpose.UNLOCK:
+        check_unlock(request.minutes)  # an edited challenge gets no answer
     print(f"The card asks to {request.describe()}.")
     print(f"Response: {compute_response(key.key, request)}")
     return EXIT_OK

@@ -104,6 +104,7 @@ class Creating(ManagerBase):
         serial: int | None = None,
         pin_tries: int = DEFAULT_TRIES,
         puk_tries: int = DEFAULT_TRIES,
+        pin_generated: bool = False,
     ) -> Created:
         """Create and personalise a managed card (``tpmvscmgr create``).
 
@@ -113,7 +114,8 @@ class Creating(ManagerBase):
         ``admin_key``: ``"random"`` (returned once in :attr:`Created.admin_key`),
         ``"default"`` (the factory key: anyone can then answer challenges), hex,
         or a :class:`ManagementKey`. ``pin_tries`` and ``puk_tries``: wrong
-        values before each blocks (1 to :data:`MAX_TRIES`).
+        values before each blocks (1 to :data:`MAX_TRIES`). ``pin_generated``: the
+        caller made ``pin`` at random (the audit says so; never the PIN).
         """
         for what, tries in (("PIN", pin_tries), ("PUK", puk_tries)):
             if not 1 <= tries <= MAX_TRIES:
@@ -163,18 +165,19 @@ class Creating(ManagerBase):
             backend=spec.kind,
         )
         slots = ", ".join(f"{slot:02X}" for slot in generated)
+        pin_kind = "default" if pin is None else "generated" if pin_generated else "chosen"
         self.audit.write(
             "personalise",
             name,
             f"{name}: personalised ({key_kind} {key.key_type.name} admin key,"
-            f" {'chosen' if pin is not None else 'factory'} PIN, PUK {puk_kind}"
+            f" {'factory' if pin_kind == 'default' else pin_kind} PIN, PUK {puk_kind}"
             + (f", generated {slots}" if generated else "")
             + (", locked" if locked else "")
             + ")",
             admin_key_kind=key_kind,
             admin_key_algorithm=key.key_type.name,
             puk_kind=puk_kind,
-            pin_kind="default" if pin is None else "chosen",
+            pin_kind=pin_kind,
             pin_policy=rules.to_dict(),
             pin_tries=pin_tries,
             puk_tries=puk_tries,

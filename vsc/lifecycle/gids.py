@@ -195,8 +195,11 @@ class GidsCards:
         rules: PinRules | None = None,
         pin_tries: int = DEFAULT_TRIES,
         serial: int | None = None,
+        pin_generated: bool = False,
     ) -> GidsCreated:
-        """Create and personalise a GIDS card (``tpmvscmgr create``)."""
+        """Create and personalise a GIDS card (``tpmvscmgr create``); ``pin`` None or
+        ``"default"`` is tpmvscmgr's default PIN, ``pin_generated`` says the caller made
+        it at random (for the audit)."""
         rules = rules if rules is not None else GIDS_RULES
         pin_value = self.check_pin(rules, DEFAULT_PIN if pin in (None, "default") else pin)
         puk_value, puk_kind = _puk(puk)
@@ -218,6 +221,8 @@ class GidsCards:
             raise
         stored.close()
         audit = self.manager.audit
+        default = pin in (None, "default")
+        pin_kind = "default" if default else "generated" if pin_generated else "chosen"
         audit.write(
             "create",
             name,
@@ -230,10 +235,11 @@ class GidsCards:
             "personalise",
             name,
             f"{name}: personalised ({key_kind} {ADMIN_KEY_LENGTHS[len(key)]} admin key,"
-            f" {'default' if pin in (None, 'default') else 'chosen'} PIN, PUK {puk_kind})",
+            f" {pin_kind} PIN, PUK {puk_kind})",
             admin_key_kind=key_kind,
             admin_key_algorithm=ADMIN_KEY_LENGTHS[len(key)],
             puk_kind=puk_kind,
+            pin_kind=pin_kind,
             pin_policy=rules.to_dict(),
             cardid=cardid.hex(),
         )

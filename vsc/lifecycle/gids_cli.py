@@ -17,7 +17,7 @@ from typing import Any
 from applets.piv.pinrules import CLASSES, PinRules
 
 from .errors import LifecycleError, Refused
-from .gids import GIDS_RULES, GidsCards, GidsReport, gids_response
+from .gids import DEFAULT_PIN, GIDS_RULES, GidsCards, GidsReport, gids_response
 from .manager import CardManager
 from .profiles import DEFAULT_PROFILE
 from .timespec import format_local
@@ -62,8 +62,21 @@ def _rules(args: argparse.Namespace) -> PinRules:
         raise Refused(f"PIN policy refused: {e}") from None
 
 
-def create(args: argparse.Namespace, manager: CardManager, pin: str | None, admin_key: str) -> int:
-    """``vsc create --applet gids``; ``admin_key``: random, default or hex (read by the caller)."""
+def pin_rules(args: argparse.Namespace) -> PinRules:
+    """The PIN policy ``vsc create --applet gids`` sets (tpmvscmgr's, with the overrides)."""
+    return _rules(args)
+
+
+def create(
+    args: argparse.Namespace,
+    manager: CardManager,
+    pin: str | None,
+    admin_key: str,
+    *,
+    pin_generated: bool = False,
+) -> int:
+    """``vsc create --applet gids``; ``admin_key``: random, default or hex, and ``pin``
+    (None or "default": tpmvscmgr's default) read by the caller; a generated PIN is shown."""
     for option in _PIV_ONLY:
         if getattr(args, option, None):
             raise Refused(f"--{option.replace('_', '-')} is for PIV cards, not GIDS")
@@ -79,6 +92,7 @@ def create(args: argparse.Namespace, manager: CardManager, pin: str | None, admi
         admin_key=admin_key,
         admin_key_length=_KEY_LENGTHS[key_type],
         rules=_rules(args),
+        pin_generated=pin_generated,
         **({"pin_tries": args.pin_retries} if args.pin_retries is not None else {}),
     )
     backend = manager.backend.kind if manager.backend else "?"
@@ -93,6 +107,7 @@ def create(args: argparse.Namespace, manager: CardManager, pin: str | None, admi
                     "backend": backend,
                     "admin_key": created.admin_key.hex() if created.admin_key else None,
                     "puk": created.puk,
+                    **({"pin": pin} if pin_generated else {}),
                 },
                 indent=2,
             )
@@ -107,6 +122,10 @@ def create(args: argparse.Namespace, manager: CardManager, pin: str | None, admi
         print(f"  {created.admin_key.hex().upper()}")
     elif admin_key == "default":
         print("Admin key: tpmvscmgr's default. Anyone can answer this card's challenges.")
+    if pin_generated:
+        print(f"PIN (generated, shown this once: give it to the card's user): {pin}")
+    elif pin in (None, "default"):
+        print(f"PIN: tpmvscmgr's default {DEFAULT_PIN}: the user must change it.")
     if created.puk == "none":
         print("No PUK: a blocked PIN is reset with `vsc unblock` and the admin key.")
     return 0

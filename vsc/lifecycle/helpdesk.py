@@ -14,9 +14,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from applets.piv.managed import UNLOCK_MAX, UNLOCK_MIN, unlock_refusal
+
 from .base import PENDING_LIFETIME, PENDING_RECORD, ManagerBase, load_pending, managed_or_refuse
 from .errors import LifecycleError, NoPendingRequest, Refused
 from .offline import (
+    UNRESTRICTED,
     MistypedCode,
     Purpose,
     Request,
@@ -26,7 +29,22 @@ from .offline import (
 )
 from .timespec import format_local
 
-__all__ = ["Helpdesk", "Pending"]
+__all__ = ["MAX_UNLOCK", "MIN_UNLOCK", "Helpdesk", "Pending", "check_unlock"]
+
+#: A time-limited unlock lasts 8 hours to one week (MyID's temporary access), in minutes;
+#: the card holds the same range (:data:`applets.piv.managed.UNLOCK_MIN`).
+MIN_UNLOCK = UNLOCK_MIN // 60
+MAX_UNLOCK = UNLOCK_MAX // 60
+
+
+def check_unlock(minutes: int) -> None:
+    """:class:`Refused` unless ``minutes`` is in MyID's range or unrestricted."""
+    if minutes != UNRESTRICTED and unlock_refusal(60 * minutes) is not None:
+        raise Refused(
+            f"an unlock for {describe_minutes(minutes)} is outside the range: a time-limited"
+            f" unlock lasts {describe_minutes(MIN_UNLOCK)} to {describe_minutes(MAX_UNLOCK)}"
+            " (or is unrestricted)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +83,9 @@ class Helpdesk(ManagerBase):
         return lock_at
 
     def begin_unlock(self, name: str, minutes: int) -> Pending:
-        """A challenge asking to unlock for ``minutes`` (:data:`~.offline.UNRESTRICTED`)."""
+        """A challenge asking to unlock for ``minutes``: :data:`MIN_UNLOCK` to
+        :data:`MAX_UNLOCK`, or :data:`~.offline.UNRESTRICTED`."""
+        check_unlock(minutes)
         return self._begin(name, Request.new(Purpose.UNLOCK, minutes))
 
     def begin_unblock(self, name: str) -> Pending:

@@ -75,9 +75,16 @@ class Profile:
         fields.update({name: rule.value for name, rule in (classes or {}).items()})
         rules = PinRules.from_dict(fields)  # one construction: checked once, as a whole
         if rules.min_length < PIV_PIN_MIN or rules.max_length > PIV_PIN_MAX:
+            longer = (
+                ". Windows allows up to 127 characters and MyID recommends 8 to 24 on TPM"
+                " virtual smart cards: vsc create --applet gids"
+                if rules.max_length > PIV_PIN_MAX
+                else ""
+            )
             raise ValueError(
-                f"a PIV PIN has {PIV_PIN_MIN} to {PIV_PIN_MAX} characters: the policy cannot ask"
-                f" for {rules.min_length} to {rules.max_length}"
+                f"a PIV PIN has {PIV_PIN_MIN} to {PIV_PIN_MAX} characters (SP 800-73-4's"
+                f" 8-byte PIN block): the policy cannot ask for {rules.min_length} to"
+                f" {rules.max_length}{longer}"
             )
         return rules
 
