@@ -8,6 +8,7 @@ emulator would serve it (the card is not in use between commands).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -33,7 +34,7 @@ from vsc.inproc import CardConnection
 from vsc.lifecycle import CardManager, Request, parse_duration
 from vsc.lifecycle.gids import GidsCards
 from vsc.lifecycle.tpmstatus import DEVICES
-from vsc.store import BackendSpec, CardStore
+from vsc.store import AuthFailed, BackendSpec, CardStore
 from vsc.testing.swtpm import Swtpm
 
 from ..gids.test_lifecycle import verify as gids_verify
@@ -375,6 +376,65 @@ def test_unblock_with_the_helpdesk(vsc: Vsc) -> None:
         assert card.sw(0x87, 0x11, 0x9A, template) == OK
     again = vsc.run("unblock", "alice", "--response", response, "--pin", NEW_PIN, status=3)
     assert "no challenge outstanding" in again.stderr  # a response works once
+
+
+def lock_out(tcti: str) -> None:
+    """Put the TPM into dictionary-attack lockout: one failure allowed, one made."""
+    from vsc.store import DaParameters, LockedOut
+    from vsc.store.tpm import Tpm
+
+    tpm = Tpm(tcti)
+    tpm.set_da_parameters(DaParameters(1, 7200, 86400), lockout_auth=b"")
+    blob = tpm.seal(b"x", b"right")
+    with pytest.raises(LockedOut):
+        for _ in range(2):
+            with contextlib.suppress(AuthFailed):
+                tpm.unseal(blob, b"wrong")
+    assert tpm.da_status().locked_out
+
+
+def test_an_unblock_the_tpm_cannot_do_keeps_its_challenge(vsc: Vsc) -> None:
+    from vsc.store.tpm import Tpm
+
+    admin_key = str(create(vsc, "alice", "--generate")["admin_key"])
+    with Card(vsc, "alice", tpm_backend(vsc)) as card:
+        for _ in range(3):
+            card.verify("00000000")
+    response = respond(vsc, admin_key, challenge_of(vsc.run("unblock", "alice").stdout))
+    lock_out(vsc.backend[1])
+    failed = vsc.run("unblock", "alice", "--response", response, "--pin", NEW_PIN, status=1)
+    assert "dictionary-attack lockout" in failed.stderr
+    assert "the challenge stays valid" in failed.stderr and "same response" in failed.stderr
+    event = list(vsc.audit.events("alice"))[-1]
+    assert event["event"] == "unblock-failed" and event["challenge"] == "kept"
+    assert event["outcome"] == "failed" and "lockout" in event["reason"]
+    info = vsc.run("info", "alice", "--json").json()
+    assert info["admin_tries"] == [10, 10] and info["pin_tries"][1] == 0  # nothing spent, no reset
+
+    Tpm(vsc.backend[1]).da_reset(b"")  # whoever holds the lockout authorisation, or time
+    vsc.run("unblock", "alice", "--response", response, "--pin", NEW_PIN)
+    with Card(vsc, "alice", tpm_backend(vsc)) as card:
+        assert card.verify(NEW_PIN) == OK
+    assert NEW_PIN not in vsc.audit_text() and response not in vsc.audit_text()
+
+
+def test_a_gids_unblock_the_tpm_cannot_do_keeps_its_challenge(vsc: Vsc) -> None:
+    from vsc.store.tpm import Tpm
+
+    key = str(create(vsc, "g", "--applet", "gids")["admin_key"])
+    challenge = re.search(
+        r"^  ((?:[0-9A-F]{2} ){7}[0-9A-F]{2})$", vsc.run("unblock", "g").stdout, re.M
+    )
+    assert challenge is not None
+    answered = vsc.run("respond", challenge.group(1), "--admin-key", key, backend=False).stdout
+    response = answered.split("Response: ")[1].strip()
+    lock_out(vsc.backend[1])
+    failed = vsc.run("unblock", "g", "--pin", NEW_PIN, "--response", response, status=1)
+    assert "dictionary-attack lockout" in failed.stderr and "stays valid" in failed.stderr
+    assert list(vsc.audit.events("g"))[-1]["event"] == "unblock-failed"
+    Tpm(vsc.backend[1]).da_reset(b"")
+    vsc.run("unblock", "g", "--pin", NEW_PIN, "--response", response)
+    assert list(vsc.audit.events("g"))[-1]["event"] == "unblock"
 
 
 # -- provisioning ---------------------------------------------------------------------------

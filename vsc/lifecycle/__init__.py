@@ -19,6 +19,7 @@ from .certs import ProvisioningError
 from .errors import (
     AdminKeyBlocked,
     CapacityExceeded,
+    ChallengeKept,
     LifecycleError,
     NoPendingRequest,
     NotManaged,
@@ -52,6 +53,7 @@ __all__ = [
     "CardManager",
     "CardReport",
     "CardSummary",
+    "ChallengeKept",
     "Created",
     "LifecycleError",
     "MistypedCode",

@@ -30,20 +30,23 @@ from applets.piv.managed import Managed
 from applets.piv.mgmt import ManagementKey
 from applets.piv.pinrules import CLASSES, CharRule, PinRules, members
 from applets.piv.state import DEFAULT_PIN, PIN_BLOCK_SIZE
-from vsc.store import BackendSpec, CardStore, StoredCard
+from vsc.store import BackendSpec, CardStore, LockedOut, StoredCard, StoreError
 from vsc.store.gids import has_gids
 from vsc.store.piv import StoredPivApplet, StoredPivData, open_piv
+from vsc.sw import ApduError
 
 from .audit import AuditLog
 from .capacity import DEFAULT_CAPACITY, check_capacity
 from .errors import (
     AdminKeyBlocked,
+    ChallengeKept,
     LifecycleError,
     NotManaged,
     PinPolicyViolation,
     WrongAdminKey,
 )
 from .offline import Request
+from .timespec import format_local
 
 __all__ = [
     "CARD_RECORD",
@@ -265,3 +268,46 @@ class ManagerBase:
             self._admin_refused(name, "admin key", left)
         if data.managed is not None:
             data.restore_admin_tries()
+
+    @contextlib.contextmanager
+    def answering(
+        self, stored: StoredCard, record: str, name: str, purpose: str, expires: float
+    ) -> Iterator[None]:
+        """A right response: its challenge ``record`` is used up, then the change it grants.
+
+        Used up first, so a crash replays nothing. A change that fails (its own
+        transaction rolled back: the TPM in dictionary-attack lockout, the TPM
+        gone) puts the challenge back, answerable with the same response; the
+        failure is audited and the message says what to do.
+        """
+        raw = stored.get(record)
+        stored.delete(record)
+        try:
+            yield
+        except (StoreError, ApduError) as e:
+            if raw is not None:
+                stored.put(record, raw)
+            self._challenge_kept(name, purpose, expires, e)
+
+    def _challenge_kept(self, name: str, purpose: str, expires: float, e: Exception) -> None:
+        self.audit.write(
+            f"{purpose}-failed",
+            name,
+            f"{name}: right response, but {purpose} not done ({e}): the challenge stays valid",
+            outcome="failed",
+            reason=str(e),
+            challenge="kept",
+            until=expires,
+        )
+        advice = ""
+        if isinstance(e, LockedOut) or isinstance(e.__context__, LockedOut):
+            advice = (
+                " The TPM forgives one failure per recovery time (vsc tpm status shows its"
+                " counter); whoever holds its lockout authorisation can end the lockout now"
+                " (tpm2_dictionarylockout --clear-lockout)."
+            )
+        raise ChallengeKept(
+            f"the response is right, but the card could not {purpose}: {e}. Nothing changed"
+            f" and the challenge stays valid until {format_local(expires)}: give the same"
+            f" response again then.{advice}"
+        ) from e

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "AdminKeyBlocked",
     "CapacityExceeded",
+    "ChallengeKept",
     "LifecycleError",
     "NoPendingRequest",
     "NotManaged",
@@ -70,3 +71,9 @@ class AdminKeyBlocked(Refused):
 
 class NoPendingRequest(Refused):
     """A response typed for a card that has no (or no longer a) challenge outstanding."""
+
+
+class ChallengeKept(LifecycleError):
+    """A right response whose change could not be made (the TPM in lockout, or gone).
+
+    Nothing changed, the challenge stays answerable with the same response."""

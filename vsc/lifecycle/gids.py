@@ -343,7 +343,7 @@ class GidsCards:
                     f"{name} has no challenge outstanding (none issued, answered, or expired):"
                     " start again"
                 )
-            challenge, _ = found
+            challenge, expires = found
             answer = _hex(response, "response")
             key_file = data.record.admin_key
             assert key_file is not None and key_file.secret is not None
@@ -364,8 +364,8 @@ class GidsCards:
                 )
                 raise WrongAdminKey(f"wrong response: {left} tries left", left)
             data.restore_admin_tries()
-            stored.delete(_PENDING)  # used up first: a crash means asking again, never a replay
-            data.set_secret(Reference.PIN, pin, by_admin=True)
+            with self.manager.answering(stored, _PENDING, name, "unblock", expires):
+                data.set_secret(Reference.PIN, pin, by_admin=True)
         self.manager.audit.write(
             "unblock", name, f"{name}: PIN reset with the admin key's response"
         )

@@ -147,15 +147,12 @@ class Helpdesk(ManagerBase):
             if not check_response(data.management_key.key, request, mac):
                 self._admin_refused(name, "response", left)
             data.restore_admin_tries()
-            if block is not None:
-                # Used up first: a crash before the reset means asking again, never a replay.
-                stored.delete(PENDING_RECORD)
-                data.reset_pin_as_admin(block)
-            else:
-                with stored.transaction():
-                    stored.delete(PENDING_RECORD)
-                    lock_at = None if request.unrestricted else self.now + 60 * request.minutes
-                    data.set_lock(lock_at)
+            purpose = request.purpose.name.lower()
+            with self.answering(stored, PENDING_RECORD, name, purpose, pending.expires):
+                if block is not None:
+                    data.reset_pin_as_admin(block)
+                else:
+                    data.set_lock(None if request.unrestricted else self.now + 60 * request.minutes)
         self._audit_completed(name, request)
         return request
 
