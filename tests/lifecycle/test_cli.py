@@ -533,6 +533,72 @@ def test_tpm_status(vsc: Vsc, swtpm: Swtpm) -> None:
     assert env_only.run("tpm", "status", "--json").json()["source"] == "VSC_TPM"
 
 
+def tpm2(tcti: str, *argv: str) -> None:
+    """A tpm2-tools command on the test's swtpm (as an administrator provisions a TPM)."""
+    subprocess.run([*argv, "-T", tcti], check=True, capture_output=True, timeout=CLI_TIMEOUT)
+
+
+def test_a_tpm_whose_owner_authorisation_is_set(vsc: Vsc, tmp_path: Path) -> None:
+    tcti = vsc.backend[1]
+    create(vsc, "early")  # vsc's storage key made from its template (owner auth empty)
+    tpm2(tcti, "tpm2_changeauth", "-c", "owner", "owner-secret")
+
+    status = vsc.run("tpm", "status", "--json").json()
+    assert status["owned"] and not status["storage_key"] and status["verdict"] == "not ready"
+    assert "owner authorisation is set" in status["reasons"][0]
+    assert "vsc tpm prepare" in status["reasons"][0]
+    refused = vsc.run("create", "a", "--pin", PIN, status=1)
+    assert "owner authorisation is set" in refused.stderr and "wrong" not in refused.stderr
+    assert "owner authorisation is set" in vsc.run("info", "early", status=1).stderr
+    wrong = vsc.run("tpm", "prepare", env={"VSC_OWNER_AUTH": "not it"}, status=1)
+    assert "wrong owner authorisation" in wrong.stderr
+
+    secret = tmp_path / "owner-auth"
+    secret.write_text("owner-secret\n")
+    secret.chmod(0o600)
+    create(vsc, "a", "--owner-auth-file", str(secret))  # made, and the storage key persisted
+    again = vsc.run("tpm", "prepare", env={"VSC_OWNER_AUTH": "owner-secret"}).stdout
+    assert "persisted at 0x81000001 already (ECC P-256)" in again
+    status = vsc.run("tpm", "status", "--json").json()
+    assert status["verdict"] == "ready" and status["storage_key"]
+    assert status["storage_key_detail"] == "ECC P-256, persisted at 0x81000001"
+    assert "storage key:   ECC P-256, persisted at 0x81000001" in vsc.run("tpm", "status").stdout
+
+    # From now on nothing needs the owner authorisation: new cards, old cards, the card itself.
+    create(vsc, "b")
+    assert vsc.run("info", "early", "--json").json()["backend_kind"] == "tpm"
+    with Card(vsc, "a", tpm_backend(vsc)) as card:
+        assert card.verify(PIN) == OK
+    assert "owner-secret" not in vsc.audit_text()
+    prepared = [e for e in vsc.audit.events() if e["event"] == "tpm-prepare"]
+    assert [e["outcome"] for e in prepared] == ["refused", "done"]
+
+
+def test_a_tpm_provisioned_as_windows_does(vsc: Vsc, tmp_path: Path) -> None:
+    """Owner authorisation set, an RSA-2048 SRK persisted at 0x81000001 (tpm2-tools)."""
+    tcti = vsc.backend[1]
+    context = tmp_path / "srk.ctx"
+    tpm2(tcti, "tpm2_changeauth", "-c", "owner", "owner-secret")
+    tpm2(
+        tcti, "tpm2_createprimary", "-C", "o", "-P", "owner-secret", "-G", "rsa2048",
+        "-c", str(context),
+    )  # fmt: skip
+    tpm2(
+        tcti, "tpm2_evictcontrol", "-C", "o", "-P", "owner-secret", "-c", str(context), "0x81000001"
+    )
+    status = vsc.run("tpm", "status", "--json").json()
+    assert status["owned"] and status["verdict"] == "ready"
+    assert status["storage_key_detail"] == "RSA-2048, persisted at 0x81000001"
+
+    create(vsc, "w", "--generate")  # no owner authorisation anywhere
+    info = vsc.run("info", "w", "--json").json()
+    assert info["backend_kind"] == "tpm"
+    with Card(vsc, "w", tpm_backend(vsc)) as card:
+        assert card.verify(PIN) == OK
+        assert card.sw(0x87, 0x11, 0x9A, bytes.fromhex("7C2482008120") + bytes(32)) == OK
+    assert vsc.run("tpm", "status", "--json").json()["cards"] == ["w"]
+
+
 def test_no_tpm_is_said_plainly(plain: Vsc) -> None:
     if any(device.exists() for device in DEVICES):
         pytest.skip("this machine has a TPM device")

@@ -27,7 +27,8 @@ def device(spec: BackendSpec) -> tuple[str, str]:
         from vsc.store.tpm import Tpm
 
         assert spec.tcti is not None
-        return "tpm:" + Tpm(spec.tcti).srk_name().hex(), f"the TPM at {spec.tcti}"
+        tpm = Tpm(spec.tcti, owner_auth=spec.owner_auth)
+        return "tpm:" + tpm.srk_name().hex(), f"the TPM at {spec.tcti}"
     return spec.kind, f"the {spec.kind} backend of this store"
 
 

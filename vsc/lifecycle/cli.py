@@ -83,7 +83,7 @@ from .offline import MistypedCode, Purpose, Request, compute_response, describe_
 from .profiles import DEFAULT_PROFILE, PROFILES
 from .reports import CardReport
 from .timespec import format_local, parse_duration, parse_time
-from .tpmstatus import TpmStatus, find_tcti, interrogate
+from .tpmstatus import SRK_HANDLE, TpmStatus, find_tcti, interrogate
 
 __all__ = ["register"]
 
@@ -152,6 +152,15 @@ CREATE_ADMIN_KEY: Final = dataclasses.replace(
 )
 
 
+#: The TPM's owner authorisation: only to make and persist vsc's storage key, once.
+OWNER_AUTH: Final = SecretOption(
+    "owner-auth",
+    "the TPM's owner authorisation",
+    env="VSC_OWNER_AUTH",
+    prompt_text="TPM owner authorisation: ",
+)
+
+
 def _admin_key_options(parser: argparse.ArgumentParser) -> None:
     ADMIN_KEY.add_to(parser, value_help="the card's admin (management) key in hex")
 
@@ -196,6 +205,11 @@ def register(subparsers: Subparsers) -> None:
         create,
         value_help="random (default; printed once), default (the factory key: anyone can"
         " answer the card's challenges), or the key in hex",
+    )
+    OWNER_AUTH.add_to(
+        create,
+        value_help="the TPM's owner authorisation, only if it is set and no storage key is"
+        f" persisted at {SRK_HANDLE:#x} (vsc then persists its own there)",
     )
     create.add_argument(
         "--admin-key-type",
@@ -355,6 +369,13 @@ def register(subparsers: Subparsers) -> None:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_tpm_status)
+    prepare = verbs.add_parser(
+        "prepare",
+        parents=[card],
+        help=f"persist vsc's storage key at {SRK_HANDLE:#x} (needs the owner authorisation, once)",
+    )
+    OWNER_AUTH.add_to(prepare, value_help="the owner authorisation (str:TEXT or hex:HEX)")
+    prepare.set_defaults(handler=_tpm_prepare)
 
     audit = add("audit", _audit, "the store's audit log")
     audit.add_argument("name", nargs="?", help="only this card's events")
@@ -425,7 +446,22 @@ def _backend(args: argparse.Namespace) -> BackendSpec | None:
         return None
     from vsc.emulator import backend_from
 
-    return backend_from(tpm=args.tpm, key_file=args.key_file, insecure_plain=args.insecure_plain)
+    spec = backend_from(tpm=args.tpm, key_file=args.key_file, insecure_plain=args.insecure_plain)
+    if spec.kind == "tpm":
+        owner = OWNER_AUTH.read(args)
+        if owner is not None:
+            spec = dataclasses.replace(spec, owner_auth=_owner_auth(owner.value))
+    return spec
+
+
+def _owner_auth(text: str) -> bytes:
+    """tpm2-tools' forms: ``hex:0102``, ``str:text``, or the text itself."""
+    if text.startswith("hex:"):
+        try:
+            return bytes.fromhex(text[4:])
+        except ValueError:
+            raise UsageError("the owner authorisation after hex: is not hex") from None
+    return text.removeprefix("str:").encode()
 
 
 def _capacity(args: argparse.Namespace) -> int:
@@ -913,6 +949,36 @@ def _tpm_status(args: argparse.Namespace) -> int:
     return EXIT_OK if status.present else EXIT_FAILURE
 
 
+@_guarded
+def _tpm_prepare(args: argparse.Namespace) -> int:
+    from vsc.store.tpm import Tpm
+
+    tcti = args.tpm or os.environ.get("VSC_TPM")
+    if not tcti:
+        raise UsageError("which TPM? --tpm TCTI or VSC_TPM")
+    owner = OWNER_AUTH.read(args)
+    if owner is None:
+        raise UsageError(
+            "the owner authorisation: --owner-auth-file PATH, --owner-auth-prompt or VSC_OWNER_AUTH"
+        )
+    tpm = Tpm(tcti, owner_auth=_owner_auth(owner.value))
+    audit = AuditLog(_store(args).root)
+    try:
+        made = tpm.persist_srk()
+    except StoreError as e:
+        audit.write("tpm-prepare", None, f"TPM not prepared: {e}", tcti=tcti, outcome="refused")
+        raise
+    key = tpm.storage_key()
+    message = (
+        f"vsc's storage key persisted at {SRK_HANDLE:#x} ({key.algorithm})"
+        if made
+        else f"a storage key is persisted at {SRK_HANDLE:#x} already ({key.algorithm}): kept"
+    )
+    audit.write("tpm-prepare", None, message, tcti=tcti, persisted=made, outcome="done")
+    print(message[0].upper() + message[1:] + "; the owner authorisation is not needed again.")
+    return EXIT_OK
+
+
 def _yes(value: bool | None) -> str:
     return "?" if value is None else "yes" if value else "no"
 
@@ -929,17 +995,28 @@ def _print_tpm(s: TpmStatus) -> None:
     print(f"  enabled:       {_yes(s.enabled)}")
     print(f"  owned:         {_yes(s.owned)} (owner authorisation set)")
     print(f"  lockout auth:  {'set' if s.lockout_auth_set else 'empty'}")
+    print(f"  storage key:   {s.storage_key_detail or 'none'}")
     print(f"  status:        {s.verdict}")
     for reason in s.reasons:
         print(f"                 {reason}")
     da = s.dictionary_attack
+    print(f"  DA counter:    {da['failed_tries']} failures of {da['max_tries']} allowed")
+    print(f"  recovery:      one failure forgiven every {_seconds(int(da['recovery_time']))}")
     print(
-        f"  dictionary attack: {da['failed_tries']} of {da['max_tries']} failures,"
-        f" one forgiven per {da['recovery_time']} s, lockout recovery {da['lockout_recovery']} s"
+        f"  lockout:       a lockout-authorisation failure locks it for"
+        f" {_seconds(int(da['lockout_recovery']))}"
     )
-    print(f"  lockout:       {'IN LOCKOUT' if da['locked_out'] else 'no'}")
+    locked = "YES: PINs are refused until it recovers" if da["locked_out"] else "no"
+    print(f"  in lockout:    {locked}")
     cards = ", ".join(s.cards) if s.cards else "none"
     print(f"  cards:         {len(s.cards)} of {s.capacity}: {cards}")
+
+
+def _seconds(value: int) -> str:
+    """``7200`` → ``7200 s (2 hours)``."""
+    if value and value % 60 == 0:
+        return f"{value} s ({describe_minutes(value // 60)})"
+    return f"{value} s"
 
 
 @_guarded

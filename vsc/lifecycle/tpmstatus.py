@@ -8,14 +8,16 @@ interrogation.
 
 Verdicts (Windows' wording):
 
-* **ready**: vsc can seal cards (the storage hierarchy is enabled and the
-  owner authorisation empty, so the standard storage key can be made) and
-  the TPM is not in dictionary-attack lockout;
+* **ready**: vsc can seal cards (the storage hierarchy is enabled, and a
+  storage key is persisted at 0x81000001 or the owner authorisation is
+  empty so vsc can make one) and the TPM is not in dictionary-attack
+  lockout;
 * **ready, with reduced functionality**: as ready, but the *lockout
   authorisation* is set and vsc does not have it: a lockout cannot be reset,
   only waited out, and the dictionary-attack parameters cannot be changed;
-* **not ready**: no storage key (hierarchy disabled, owner authorisation
-  set) or in lockout now.
+* **not ready**: no storage key (hierarchy disabled; owner authorisation
+  set and none persisted: ``vsc tpm prepare`` with the owner authorisation
+  persists one, once) or in lockout now.
 
 An *empty* lockout authorisation is ready but reported as a weakness: anyone
 who can reach the TPM can reset its counter (see docs/security.md).
@@ -31,7 +33,11 @@ from pathlib import Path
 from vsc.store import CardStore, StoreError
 from vsc.store.db import read_meta
 
-__all__ = ["DEVICES", "TpmStatus", "interrogate"]
+__all__ = ["DEVICES", "SRK_HANDLE", "TpmStatus", "interrogate"]
+
+#: Where a managed machine persists its storage key (as :data:`vsc.store.tpm.SRK_HANDLE`,
+#: repeated so that this module loads without tpm2-pytss).
+SRK_HANDLE = 0x81000001
 
 #: Where the status looks when no TCTI is configured (read-only use).
 DEVICES = (Path("/dev/tpmrm0"), Path("/dev/tpm0"))
@@ -53,6 +59,8 @@ class TpmStatus:
     endorsement_auth_set: bool | None = None
     lockout_auth_set: bool | None = None
     storage_key: bool | None = None
+    #: The storage key cards are sealed under: algorithm, persisted or made from vsc's template.
+    storage_key_detail: str | None = None
     verdict: str = "not present"
     reasons: tuple[str, ...] = ()
     dictionary_attack: dict[str, int | bool] = field(default_factory=dict)
@@ -92,7 +100,7 @@ def interrogate(
     try:
         from tpm2_pytss import TPM2_PT, TPMA_PERMANENT, TPMA_STARTUP
 
-        from vsc.store.tpm import Tpm
+        from vsc.store.tpm import OwnerAuthNeeded, Tpm
     except (ImportError, StoreError) as e:
         return TpmStatus(False, tcti, source, error=f"cannot talk to a TPM: {e}")
     tpm = Tpm(tcti)
@@ -109,19 +117,18 @@ def interrogate(
     )
     owned = bool(permanent & TPMA_PERMANENT.OWNERAUTHSET)
     lockout_set = bool(permanent & TPMA_PERMANENT.LOCKOUTAUTHSET)
-    srk: bytes | None
-    try:
-        srk = tpm.srk_name()
-    except StoreError:
-        srk = None
     reasons = []
+    srk: bytes | None = None
+    detail = None
+    try:
+        key = tpm.storage_key()
+        srk, detail = key.name, key.describe()
+    except OwnerAuthNeeded as e:
+        reasons.append(str(e))
+    except StoreError as e:
+        reasons.append(f"vsc cannot make its storage key: {e}")
     if not enabled:
         reasons.append("the storage or endorsement hierarchy is disabled")
-    if srk is None:
-        reasons.append(
-            "vsc cannot make its storage key"
-            + (" (the owner authorisation is set)" if owned else "")
-        )
     if da.locked_out:
         reasons.append("in dictionary-attack lockout: PINs are refused until it recovers")
     if reasons:
@@ -150,6 +157,7 @@ def interrogate(
         endorsement_auth_set=bool(permanent & TPMA_PERMANENT.ENDORSEMENTAUTHSET),
         lockout_auth_set=lockout_set,
         storage_key=srk is not None,
+        storage_key_detail=detail,
         verdict=verdict,
         reasons=tuple(reasons),
         dictionary_attack={

@@ -74,6 +74,8 @@ class BackendSpec:
     key_file: Path | None = None
     passphrase: bytes | None = field(default=None, repr=False)
     lockout_auth: bytes = field(default=b"", repr=False)
+    #: The TPM's owner authorisation: only to make (and persist) the storage key.
+    owner_auth: bytes = field(default=b"", repr=False)
     passphrase_log2_n: int = 15
     auth_log2_n: int = 14
 
@@ -86,8 +88,8 @@ class BackendSpec:
             raise ValueError("the software backend needs exactly one of a key file or a passphrase")
 
     @classmethod
-    def tpm(cls, tcti: str, *, lockout_auth: bytes = b"") -> BackendSpec:
-        return cls("tpm", tcti=tcti, lockout_auth=lockout_auth)
+    def tpm(cls, tcti: str, *, lockout_auth: bytes = b"", owner_auth: bytes = b"") -> BackendSpec:
+        return cls("tpm", tcti=tcti, lockout_auth=lockout_auth, owner_auth=owner_auth)
 
     @classmethod
     def software(

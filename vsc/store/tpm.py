@@ -10,6 +10,14 @@ encryption, does its work and flushes everything. The SRK is deterministic
 operations: a second card process, a TPM without a resource manager (swtpm
 has 3 object slots), or the TPM's owner see no leftovers.
 
+A managed machine's TPM has its owner authorisation set and the SRK
+persisted at ``0x81000001`` (TCG's provisioning guidance; Windows does
+this): vsc then uses that key and needs no owner authorisation. Without a
+persisted key it makes its own from the template, which needs the owner
+authorisation when one is set: given once (:meth:`Tpm.persist_srk`), vsc's
+key is persisted there and nothing later asks for it. A card records the
+name of the key it was sealed under and is always opened under that one.
+
 A sealed blob is a ``TPM2B_PRIVATE`` + ``TPM2B_PUBLIC`` keyed-hash object
 under the SRK. Only this TPM can load it. A card records the SRK's name; a
 different TPM (or this one after TPM2_Clear) has another SRK, and
@@ -136,10 +144,12 @@ class TpmInfo:
 class _Op:
     """One connection's work: the SRK, a salted session, and every handle to flush."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, tpm: Tpm | None = None) -> None:
         self.ctx = ctx
+        self._tpm = tpm
         self._flush: list[Any] = []
         self._srk: Any = None
+        self.srk_persisted = False
         self._session: Any = None
         # Set just before a command that checks an authorisation goes out: a TPM lost
         # after that may have compared (and counted) it; one lost before has not.
@@ -148,7 +158,7 @@ class _Op:
     @property
     def srk(self) -> Any:
         if self._srk is None:
-            self._srk = self.track(self.ctx.create_primary(None, _srk_template())[0])
+            self._srk = _storage_key(self)
         return self._srk
 
     @property
@@ -182,10 +192,16 @@ class _Op:
 class Tpm:
     """A TPM reached through an explicit TCTI (``swtpm:path=S``, ``device:/dev/tpmrm0``)."""
 
-    def __init__(self, tcti: str) -> None:
+    def __init__(
+        self, tcti: str, *, owner_auth: bytes = b"", srk_name: bytes | None = None
+    ) -> None:
         if not tcti or not tcti.strip():
             raise BackendError("no TPM configured: give --tpm TCTI or set VSC_TPM")
         self.tcti = tcti
+        #: Needed only to make the storage key when the owner authorisation is set.
+        self.owner_auth = owner_auth
+        #: The storage key a card was sealed under (None: the persisted one, else vsc's).
+        self.wanted_srk = srk_name
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -206,7 +222,7 @@ class Tpm:
         """Run ``work`` on a fresh connection; TPM errors become store errors."""
         for attempt in (1, 2):
             with self._connect() as ctx:
-                op = _Op(ctx)
+                op = _Op(ctx, self)
                 try:
                     return work(op)
                 except TSS2_Exception as e:
@@ -222,8 +238,35 @@ class Tpm:
     # -- sealing -------------------------------------------------------------------------
 
     def srk_name(self) -> bytes:
-        name: bytes = self.run(lambda op: bytes(op.ctx.tr_get_name(op.srk).marshal()))
-        return name
+        return self.storage_key().name
+
+    def storage_key(self) -> StorageKey:
+        """The storage key this TPM object seals under, and where it comes from."""
+
+        def work(op: _Op) -> StorageKey:
+            name = bytes(op.ctx.tr_get_name(op.srk).marshal())
+            public, _, _ = op.ctx.read_public(op.srk)
+            return StorageKey(name, op.srk_persisted, _algorithm(public.publicArea))
+
+        return self.run(work)
+
+    def persist_srk(self) -> bool:
+        """Persist vsc's storage key at :data:`SRK_HANDLE` (owner authorisation); False if
+        a storage key is there already. Something else there is refused, never replaced."""
+
+        def work(op: _Op) -> bool:
+            if _persisted_srk(op.ctx) is not None:
+                return False
+            if _handle_exists(op.ctx, SRK_HANDLE):
+                raise BackendError(
+                    f"{SRK_HANDLE:#x} holds a key that is not a storage key: vsc will not"
+                    " replace it (tpm2_evictcontrol frees the handle)"
+                )
+            handle = _make_storage_key(op)
+            op.ctx.evict_control(ESYS_TR.OWNER, handle, SRK_HANDLE)
+            return True
+
+        return self.run(work)
 
     def seal(self, data: bytes, auth: bytes | None) -> bytes:
         if len(data) > MAX_SEALED_SIZE:
@@ -330,6 +373,91 @@ class Tpm:
         self.run(lambda op: op.ctx.shutdown(TPM2_SU.CLEAR))
 
 
+#: Where a managed machine keeps its storage root key (TCG provisioning guidance).
+SRK_HANDLE = 0x81000001
+_STORAGE = (
+    TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.DECRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+)
+
+
+class OwnerAuthNeeded(BackendError):
+    """The storage key must be made and the owner authorisation is set (and not given)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageKey:
+    """The key cards are sealed under: its name, whether persisted, its algorithm."""
+
+    name: bytes
+    persisted: bool
+    algorithm: str
+
+    def describe(self) -> str:
+        where = f"persisted at {SRK_HANDLE:#x}" if self.persisted else "made from vsc's template"
+        return f"{self.algorithm}, {where}"
+
+
+def _algorithm(area: Any) -> str:
+    if area.type == TPM2_ALG.RSA:
+        return f"RSA-{int(area.parameters.rsaDetail.keyBits)}"
+    if area.type == TPM2_ALG.ECC:
+        return "ECC " + {3: "P-256", 4: "P-384", 5: "P-521"}.get(
+            int(area.parameters.eccDetail.curveID), "curve"
+        )
+    return "unknown"
+
+
+def _handle_exists(ctx: Any, handle: int) -> bool:
+    _, data = ctx.get_capability(TPM2_CAP.HANDLES, handle, 1)
+    return handle in [int(h) for h in data.data.handles]
+
+
+def _persisted_srk(ctx: Any) -> Any:
+    """The storage key at :data:`SRK_HANDLE` (an ESYS_TR, never flushed), or None."""
+    if not _handle_exists(ctx, SRK_HANDLE):
+        return None
+    handle = ctx.tr_from_tpmpublic(SRK_HANDLE)
+    public, _, _ = ctx.read_public(handle)
+    attributes = public.publicArea.objectAttributes
+    if attributes & _STORAGE != _STORAGE or attributes & TPMA_OBJECT.SIGN_ENCRYPT:
+        log.warning("%#x holds a key that is not a storage key: not used", SRK_HANDLE)
+        ctx.tr_close(handle)
+        return None
+    return handle
+
+
+def _make_storage_key(op: _Op) -> Any:
+    """vsc's storage key made from the template (tracked), with the owner authorisation."""
+    owner_auth = op._tpm.owner_auth if op._tpm is not None else b""
+    op.ctx.tr_set_auth(ESYS_TR.OWNER, owner_auth)
+    try:
+        return op.track(op.ctx.create_primary(None, _srk_template())[0])
+    except TSS2_Exception as e:
+        if e.error not in (TPM2_RC.AUTH_FAIL, TPM2_RC.BAD_AUTH):
+            raise
+    if owner_auth:
+        raise OwnerAuthNeeded("wrong owner authorisation: the TPM refused it") from None
+    raise OwnerAuthNeeded(
+        f"the TPM's owner authorisation is set and no storage key is persisted at"
+        f" {SRK_HANDLE:#x}: give the owner authorisation once (vsc tpm prepare with"
+        " --owner-auth-file PATH, --owner-auth-prompt or VSC_OWNER_AUTH) and vsc persists its"
+        " storage key there; or persist one yourself (tpm2_createprimary -C o, then"
+        f" tpm2_evictcontrol -C o ... {SRK_HANDLE:#x})"
+    ) from None
+
+
+def _storage_key(op: _Op) -> Any:
+    """The persisted storage key when there is one (and it is the one wanted), else vsc's."""
+    wanted = op._tpm.wanted_srk if op._tpm is not None else None
+    persisted = _persisted_srk(op.ctx)
+    if persisted is not None:
+        if wanted is None or bytes(op.ctx.tr_get_name(persisted).marshal()) == wanted:
+            op.srk_persisted = True
+            return persisted
+        op.ctx.tr_close(persisted)
+    return _make_storage_key(op)
+
+
 def _fourcc(value: int) -> str:
     return value.to_bytes(4, "big").rstrip(b"\0").decode("ascii", "replace").strip()
 
@@ -372,24 +500,31 @@ def _flush_leftovers(ctx: Any) -> None:
 class TpmProtector(Protector):
     kind = "tpm"
 
-    def __init__(self, tpm: Tpm, srk_name: bytes, info: TpmInfo, lockout_auth: bytes) -> None:
+    def __init__(self, tpm: Tpm, srk: StorageKey, info: TpmInfo, lockout_auth: bytes) -> None:
         self.tpm = tpm
-        self._srk_name = srk_name
+        self._srk = srk
         self._info = info
         self._lockout_auth = lockout_auth
 
     @classmethod
     def open(cls, spec: BackendSpec, identity: Mapping[str, str] | None) -> TpmProtector:
         assert spec.tcti is not None
-        tpm = Tpm(spec.tcti)
-        name = tpm.srk_name()
-        if identity is not None and identity.get("srk_name") != name.hex():
+        wanted = identity.get("srk_name") if identity is not None else None
+        tpm = Tpm(
+            spec.tcti,
+            owner_auth=spec.owner_auth,
+            srk_name=bytes.fromhex(wanted) if wanted else None,
+        )
+        if identity is None and spec.owner_auth:
+            tpm.persist_srk()  # a new card on an owned TPM: nothing later needs the owner auth
+        srk = tpm.storage_key()
+        if identity is not None and identity.get("srk_name") != srk.name.hex():
             raise BackendMismatch(
                 f"the card was sealed by a different TPM than the one at {spec.tcti!r}"
                 " (its storage key differs: the store was copied from another machine, or"
                 " this TPM was cleared); it cannot be opened here"
             )
-        return cls(tpm, name, tpm.info(), spec.lockout_auth)
+        return cls(tpm, srk, tpm.info(), spec.lockout_auth)
 
     def seal(self, plaintext: bytes, *, auth: bytes | None = None) -> bytes:
         return self.tpm.seal(plaintext, auth)
@@ -414,7 +549,8 @@ class TpmProtector(Protector):
         )
 
     def identity(self) -> dict[str, str]:
-        return {"kind": "tpm", "srk": "ecc-p256-tcg", "srk_name": self._srk_name.hex()}
+        srk = f"persistent-{SRK_HANDLE:#x}" if self._srk.persisted else "ecc-p256-tcg"
+        return {"kind": "tpm", "srk": srk, "srk_name": self._srk.name.hex()}
 
     def anti_hammer(self) -> AntiHammer:
         return TpmAntiHammer(self.tpm, self._lockout_auth)
