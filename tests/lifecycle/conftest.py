@@ -90,6 +90,8 @@ class Vsc:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("VSC_")},
             "VSC_STORE": str(store),
+            # The card register (counts per TPM across stores) of this test, not the machine's.
+            "VSC_REGISTER": str(store.parent / "register"),
             **(env or {}),
         }
 

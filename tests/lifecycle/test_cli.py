@@ -15,6 +15,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,31 @@ def test_more_cards_than_the_tpm_holds_are_refused(vsc: Vsc) -> None:
     vsc.env["VSC_MAX_CARDS"] = "3"
     create(vsc, "c")  # the variable raises it
     assert vsc.run("list", "--json").json()[2]["name"] == "c"
+
+
+def test_cards_are_counted_per_tpm_across_stores(vsc: Vsc, tmp_path: Path) -> None:
+    other = Vsc(tmp_path / "other-store", vsc.backend)  # another directory, the same TPM
+    other.env["VSC_REGISTER"] = vsc.env["VSC_REGISTER"]  # the machine's register
+    for store in (vsc, other):
+        store.env["VSC_MAX_CARDS"] = "3"
+    created = vsc.run("create", "a1", "--pin", PIN)
+    assert "may hold 3 cards here, not 10" in created.stderr  # an override is said
+    assert next(iter(vsc.audit.events("a1")))["capacity"] == 3  # and recorded
+    create(vsc, "a2")
+    create(other, "b1")
+    refused = other.run("create", "b2", "--pin", PIN, status=3)
+    assert "already holds 3 cards (b1, " in refused.stderr and "capacity is 3" in refused.stderr
+    assert str(vsc.store / "cards" / "a1") in refused.stderr
+    status = other.run("tpm", "status", "--json").json()
+    assert status["cards"] == ["b1"] and len(status["other_cards"]) == 2
+    assert "3 of 3: b1, " in other.run("tpm", "status").stdout
+
+    vsc.run("destroy", "a1")  # a place freed for every store
+    create(other, "b2")
+    other.run("create", "b3", "--pin", PIN, status=3)
+    shutil.rmtree(vsc.store)  # a store deleted wholesale: its cards stop counting
+    create(other, "b3")
+    assert other.run("tpm", "status", "--json").json()["other_cards"] == []
 
 
 def test_the_pin_policy_is_enforced_in_the_cli(vsc: Vsc) -> None:

@@ -36,7 +36,7 @@ from vsc.store.piv import StoredPivApplet, StoredPivData, open_piv
 from vsc.sw import ApduError
 
 from .audit import AuditLog
-from .capacity import DEFAULT_CAPACITY, check_capacity
+from .capacity import DEFAULT_CAPACITY, Register, reserve
 from .errors import (
     AdminKeyBlocked,
     ChallengeKept,
@@ -158,9 +158,11 @@ class ManagerBase:
         *,
         audit: AuditLog | None = None,
         capacity: int = DEFAULT_CAPACITY,
+        register: Register | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("the capacity is at least one card")
+        self._register = register
         self.store = store
         self.backend = backend
         self.audit = audit if audit is not None else AuditLog(store.root)
@@ -209,11 +211,28 @@ class ManagerBase:
         finally:
             os.close(fd)
 
-    def check_capacity(self, spec: BackendSpec) -> None:
-        """:class:`CapacityExceeded` if ``spec``'s device holds :attr:`capacity` cards already.
+    @property
+    def register(self) -> Register:
+        """The machine's card register (:mod:`.capacity`), found when first needed."""
+        if self._register is None:
+            self._register = Register.configured()
+        return self._register
 
-        Call it under :meth:`creation_lock`."""
-        check_capacity(self.store, spec, self.capacity)
+    @contextlib.contextmanager
+    def reserve(self, spec: BackendSpec, name: str) -> Iterator[None]:
+        """A place for card ``name`` on ``spec``'s device (:class:`CapacityExceeded`):
+        create the card in the block; it is entered in the register if it exists then."""
+        with reserve(self.store, spec, self.capacity, self.register, name):
+            yield
+
+    def capacity_override(self) -> dict[str, int]:
+        """For the audit of a creation: the capacity, when it is not the default."""
+        return {} if self.capacity == DEFAULT_CAPACITY else {"capacity": self.capacity}
+
+    def unregister(self, name: str) -> None:
+        """Forget a destroyed card in the register (best effort: a dead entry stops counting)."""
+        with contextlib.suppress(OSError):
+            self.register.remove(self.store, name)
 
     # -- the card's rules --------------------------------------------------------------------
 

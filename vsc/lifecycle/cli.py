@@ -578,6 +578,11 @@ def _password(args: argparse.Namespace) -> bytes | None:
 @_guarded
 def _create(args: argparse.Namespace) -> int:
     manager = _manager(args)
+    if manager.capacity != DEFAULT_CAPACITY:
+        warn(
+            f"a TPM may hold {manager.capacity} cards here, not {DEFAULT_CAPACITY} as on Windows"
+            " (--max-cards / VSC_MAX_CARDS); the creation records it"
+        )
     chosen_key = CREATE_ADMIN_KEY.read(args, confirm=True)
     if args.puk not in ("none", "default"):
         warn(
@@ -1008,8 +1013,10 @@ def _print_tpm(s: TpmStatus) -> None:
     )
     locked = "YES: PINs are refused until it recovers" if da["locked_out"] else "no"
     print(f"  in lockout:    {locked}")
-    cards = ", ".join(s.cards) if s.cards else "none"
-    print(f"  cards:         {len(s.cards)} of {s.capacity}: {cards}")
+    cards = ", ".join([*s.cards, *s.other_cards]) or "none"
+    print(f"  cards:         {len(s.cards) + len(s.other_cards)} of {s.capacity}: {cards}")
+    scope = "every store" if s.register_machine_wide else "this user's stores only"
+    print(f"  counted in:    {s.register} ({scope})")
 
 
 def _seconds(value: int) -> str:

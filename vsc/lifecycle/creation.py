@@ -135,8 +135,8 @@ class Creating(ManagerBase):
         with self.creation_lock():
             if self.store.exists(name):
                 raise CardExists(name, self.store.path_of(name))
-            self.check_capacity(spec)
-            stored = self.store.create(name, spec)
+            with self.reserve(spec, name):
+                stored = self.store.create(name, spec)
         try:
             created_serial, generated = self._personalise(
                 stored,
@@ -163,6 +163,7 @@ class Creating(ManagerBase):
             serial=created_serial,
             profile=chosen.name,
             backend=spec.kind,
+            **self.capacity_override(),
         )
         slots = ", ".join(f"{slot:02X}" for slot in generated)
         pin_kind = "default" if pin is None else "generated" if pin_generated else "chosen"
@@ -243,4 +244,5 @@ class Creating(ManagerBase):
             ):
                 serial = data.serial
         self.store.destroy(name)
+        self.unregister(name)
         self.audit.write("destroy", name, f"{name}: destroyed", serial=serial)

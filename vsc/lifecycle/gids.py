@@ -208,8 +208,8 @@ class GidsCards:
         with self.manager.creation_lock():
             if self.manager.store.exists(name):
                 raise CardExists(name, self.manager.store.path_of(name))
-            self.manager.check_capacity(spec)
-            stored = self.manager.store.create(name, spec)
+            with self.manager.reserve(spec, name):
+                stored = self.manager.store.create(name, spec)
         try:
             created_serial, cardid = self._personalise(
                 stored, pin_value, puk_value, key, rules, pin_tries, serial
@@ -230,6 +230,7 @@ class GidsCards:
             serial=created_serial,
             profile="gids",
             backend=spec.kind,
+            **self.manager.capacity_override(),
         )
         audit.write(
             "personalise",

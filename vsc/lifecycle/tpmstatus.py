@@ -25,13 +25,12 @@ who can reach the TPM can reset its counter (see docs/security.md).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vsc.store import CardStore, StoreError
-from vsc.store.db import read_meta
 
 __all__ = ["DEVICES", "SRK_HANDLE", "TpmStatus", "interrogate"]
 
@@ -66,6 +65,11 @@ class TpmStatus:
     dictionary_attack: dict[str, int | bool] = field(default_factory=dict)
     cards: tuple[str, ...] = ()
     capacity: int | None = None
+    #: Cards on this TPM in other stores (their directories), from the card register.
+    other_cards: tuple[str, ...] = ()
+    #: Where the cards are counted, and whether every user's cards are there.
+    register: str | None = None
+    register_machine_wide: bool | None = None
 
 
 def find_tcti(
@@ -167,19 +171,18 @@ def interrogate(
             "lockout_recovery": da.parameters.lockout_recovery,
             "locked_out": da.locked_out,
         },
-        cards=_cards_on(store, srk) if store is not None and srk is not None else (),
         capacity=capacity,
+        **_cards_on(store, srk),
     )
 
 
-def _cards_on(store: CardStore, srk: bytes) -> tuple[str, ...]:
-    """The cards of ``store`` sealed by the TPM whose storage key is ``srk``."""
-    names = []
-    for name in store.names():
-        try:
-            identity = json.loads(read_meta(store.path_of(name) / "card.db")["backend"])
-        except (StoreError, KeyError, ValueError):
-            continue
-        if identity.get("kind") == "tpm" and identity.get("srk_name") == srk.hex():
-            names.append(name)
-    return tuple(names)
+def _cards_on(store: CardStore | None, srk: bytes | None) -> dict[str, Any]:
+    """The cards on the TPM whose storage key is ``srk``: this store's, and the others'."""
+    from .capacity import Register, on_device
+
+    register = Register.configured()
+    where = {"register": str(register.root), "register_machine_wide": register.machine_wide}
+    if store is None or srk is None:
+        return where
+    mine, others = on_device(store, register, "tpm:" + srk.hex())
+    return {**where, "cards": tuple(mine), "other_cards": tuple(str(p) for p in others)}
