@@ -155,6 +155,18 @@ def test_more_cards_than_the_tpm_holds_are_refused(vsc: Vsc) -> None:
     assert vsc.run("list", "--json").json()[2]["name"] == "c"
 
 
+def test_the_ecc_policy_of_a_tpm_card_is_shown(vsc: Vsc, plain: Vsc) -> None:
+    create(vsc, "y57", "--profile", "yubikey-5.7")
+    info = vsc.run("info", "y57", "--json").json()
+    assert info["ecc"].startswith("P-256, P-384 in the TPM")
+    assert info["ecc"].endswith("Ed25519, X25519 refused: no TPM 2.0 holds them")
+    create(vsc, "w", "--profile", "windows")
+    assert "ECC keys:      P-256, P-384 in the TPM" in vsc.run("info", "w").stdout
+    create(plain, "soft", "--profile", "yubikey-5.7")
+    soft = plain.run("info", "soft", "--json").json()["ecc"]
+    assert soft == "P-256, P-384, Ed25519, X25519 (keys in software)"
+
+
 def test_cards_are_counted_per_tpm_across_stores(vsc: Vsc, tmp_path: Path) -> None:
     other = Vsc(tmp_path / "other-store", vsc.backend)  # another directory, the same TPM
     other.env["VSC_REGISTER"] = vsc.env["VSC_REGISTER"]  # the machine's register

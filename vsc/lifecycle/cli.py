@@ -719,6 +719,7 @@ def _print_report(r: CardReport) -> None:
     print(f"  profile:       {r.profile or '-'}{'' if r.managed else ' (not managed)'}")
     print(f"  card:          {PIV_PROFILES[r.card_profile].title} ({r.card_profile})")
     print(f"  backend:       {r.backend}")
+    print(f"  ECC keys:      {r.ecc}")
     if not r.hardware_bound:
         print("                 not hardware-bound: " + "; ".join(r.weaknesses))
     print(f"  state:         {r.lock}")

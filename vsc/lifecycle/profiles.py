@@ -22,6 +22,12 @@ default PIN policy, the bounds a custom policy must stay within, the keys
   24-byte 3DES key, and yubico-piv-tool 2.2.0 knows no other).
 
 ``--admin-key-type`` chooses another algorithm the card accepts.
+
+ECC keys (:func:`ecc_policy`, shown by ``vsc info``): the curves of the
+card's profile. On a card protected by a TPM its keys live in the TPM, so
+only the curves TPM 2.0 implements (P-256, and P-384 on most TPMs and on
+swtpm): Ed25519 and X25519 (a YubiKey 5.7 profile) are refused there, as
+the card's TPM key store refuses any algorithm its TPM lacks.
 """
 
 from __future__ import annotations
@@ -33,11 +39,44 @@ from applets.piv.keys import KeyType, PinPolicy
 from applets.piv.mgmt import ManagementKeyType
 from applets.piv.pinrules import CharRule, PinRules
 
-__all__ = ["DEFAULT_PROFILE", "PIV_PIN_MAX", "PIV_PIN_MIN", "PROFILES", "KeySpec", "Profile"]
+__all__ = [
+    "DEFAULT_PROFILE",
+    "PIV_PIN_MAX",
+    "PIV_PIN_MIN",
+    "PROFILES",
+    "TPM_CURVES",
+    "KeySpec",
+    "Profile",
+    "ecc_policy",
+]
 
 #: The PIV PIN block's bounds (SP 800-73-4 Part 2 §2.4.3).
 PIV_PIN_MIN = 6
 PIV_PIN_MAX = 8
+
+#: The curves a TPM 2.0 holds keys on (P-256 everywhere, P-384 on most TPMs).
+TPM_CURVES = frozenset({KeyType.ECCP256, KeyType.ECCP384})
+_CURVE_NAMES = {
+    KeyType.ECCP256: "P-256",
+    KeyType.ECCP384: "P-384",
+    KeyType.ED25519: "Ed25519",
+    KeyType.X25519: "X25519",
+}
+
+
+def ecc_policy(card: PivProfile, *, tpm: bool) -> str:
+    """The ECC keys a card of ``card``'s profile takes, on a TPM card or in software."""
+    curves = [t for t in _CURVE_NAMES if t in card.key_types]
+    if not curves:
+        return "none"
+    if not tpm:
+        return ", ".join(_CURVE_NAMES[t] for t in curves) + " (keys in software)"
+    held = [_CURVE_NAMES[t] for t in curves if t in TPM_CURVES]
+    refused = [_CURVE_NAMES[t] for t in curves if t not in TPM_CURVES]
+    text = ", ".join(held) + " in the TPM (where the TPM implements the curve)"
+    if refused:
+        text += f"; {', '.join(refused)} refused: no TPM 2.0 holds them"
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from vsc.tlv import parse_tlvs
 from .base import ManagerBase, card_record, load_pending
 from .certs import spki
 from .errors import LifecycleError
+from .profiles import ecc_policy
 from .timespec import format_local
 
 __all__ = [
@@ -93,6 +94,8 @@ class CardReport:
     profile: str | None
     #: The card the PIV applet is (docs/piv.md, "Profiles"), from its PIV record.
     card_profile: str
+    #: The ECC keys it takes (:func:`.profiles.ecc_policy`): which curves, in the TPM or not.
+    ecc: str
     managed: bool
     backend: str
     backend_kind: str
@@ -240,6 +243,7 @@ class Reporting(ManagerBase):
                 serial=data.serial,
                 profile=record.get("profile"),
                 card_profile=data.profile.name,
+                ecc=ecc_policy(data.profile, tpm=backend.kind == "tpm"),
                 managed=managed is not None,
                 backend=backend.summary,
                 backend_kind=backend.kind,
