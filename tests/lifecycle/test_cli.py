@@ -556,6 +556,10 @@ def test_tpm_status(vsc: Vsc, swtpm: Swtpm) -> None:
     assert status["cards"] == ["alice"] and status["capacity"] == 10
     text = vsc.run("tpm", "status").stdout
     assert "TPM: present" in text and "cards:         1 of 10: alice" in text
+    assert "DA counter:    0 failures of 32 allowed" in text
+    assert "recovery:      one failure forgiven every 7200 s (2 hours)" in text
+    assert "locks it for 86400 s (1 day)" in text and "in lockout:    no" in text
+    assert "storage key:   ECC P-256, made from vsc's template" in text
 
     # A lockout authorisation vsc does not know: reduced functionality.
     from vsc.store.tpm import Tpm
