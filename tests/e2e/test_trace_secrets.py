@@ -32,7 +32,8 @@ from vsc.testing import PcscdEnv
 from vsc.testing.traces import leaks
 
 from .conftest import StartEmulator
-from .test_share import ShareBed, bed  # noqa: F401  (the relay testbed and its fixture)
+from .sharebed import ShareBed
+from .test_share import bed  # noqa: F401  (the relay testbed's fixture)
 
 pytestmark = pytest.mark.e2e
 
