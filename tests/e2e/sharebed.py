@@ -42,7 +42,6 @@ from cryptography.x509.oid import NameOID
 
 import vsc.testing.pcscd as pcscd_module
 from vsc.share.events import read_events
-from vsc.share.home import ShareHome
 from vsc.testing import EmulatorProcess, HarnessError, PcscdEnv
 from vsc.testing.pcscd import die_with_parent_argv, stop_process
 from vsc.testing.tools import find_pkcs11_module
@@ -194,6 +193,35 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "vsc.cli", *args]
 
 
+def serve(
+    home: Path,
+    host: str,
+    log: Path,
+    env: dict[str, str],
+    *args: str,
+    prefix: Sequence[str] = (),
+) -> tuple[Process, tuple[str, int]]:
+    """Start ``vsc share serve`` on ``host``, any port; the process and where it listens."""
+    argv = [*prefix, *_cli("-vvv", "share", "serve", "--home", str(home), "--listen", f"{host}:0")]
+    process = Process([*argv, *args], log, env=env)
+    deadline = time.monotonic() + 15.0
+    while (address := _service_address(home)) is None:
+        if not process.running() or time.monotonic() > deadline:
+            process.stop()
+            raise HarnessError(f"the share service did not start\n{process.text()}")
+        time.sleep(0.05)
+    return process, (host, address[1])
+
+
+def _service_address(home: Path) -> tuple[str, int] | None:
+    """The port in ``service.json``, read as a test would (no checks of the home)."""
+    try:
+        data = json.loads((home / "service.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return str(data["host"]), int(data["port"])
+
+
 # --- the testbed -------------------------------------------------------------------------------
 
 
@@ -246,15 +274,9 @@ class ShareBed:
         self.emulator = None
 
     def start_service(self, host: str) -> None:
-        argv = _cli("-vvv", "share", "serve", "--home", str(self.service_home))
-        argv += ["--listen", f"{host}:0"]
-        self.service = Process(argv, self.workdir / "service.log", env=self.local.env)
-        deadline = time.monotonic() + 15.0
-        while (address := ShareHome(self.service_home).service_address()) is None:
-            if not self.service.running() or time.monotonic() > deadline:
-                raise HarnessError(f"the share service did not start\n{self.service.text()}")
-            time.sleep(0.05)
-        self.service_address = (host, address[1])
+        self.service, self.service_address = serve(
+            self.service_home, host, self.workdir / "service.log", self.local.env
+        )
 
     @property
     def service_spec(self) -> str:
@@ -336,7 +358,7 @@ class ShareBed:
 
     def events(self, side: str) -> list[dict[str, Any]]:
         home = self.service_home if side == "service" else self.endpoint_home
-        return read_events(ShareHome(home).events_path)
+        return read_events(home / "events.log")
 
     def wait_event(self, side: str, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         deadline = time.monotonic() + EVENT_TIMEOUT

@@ -44,7 +44,7 @@ from .client import (
     parse_address,
 )
 from .endpoint import DEFAULT_VPCD, Endpoint
-from .home import ShareHome, format_fingerprint
+from .home import ShareHome, ShareHomeError, format_fingerprint
 from .pairing import new_code
 from .protocol import DEFAULT_PORT, EndReason, ReaderInfo, ReaderState, ShareMode
 from .service import ShareService
@@ -98,7 +98,7 @@ def register(subparsers: Subparsers) -> None:
         metavar="SECONDS",
         help="shared mode: end the PC/SC transaction after this long without an APDU",
     )
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=_guarded(_serve))
 
     pair_ = verbs.add_parser(
         "pair",
@@ -107,18 +107,18 @@ def register(subparsers: Subparsers) -> None:
     )
     pair_.add_argument("--with", dest="service", metavar="HOST[:PORT]", help="the share service")
     pair_.add_argument("code", nargs="?", help="the code the service printed")
-    pair_.set_defaults(handler=_pair)
+    pair_.set_defaults(handler=_guarded(_pair))
 
     peers = verbs.add_parser("peers", parents=[home], help="this machine's pins")
-    peers.set_defaults(handler=_peers)
+    peers.set_defaults(handler=_guarded(_peers))
     unpair = verbs.add_parser("unpair", parents=[home], help="forget a paired machine")
     unpair.add_argument("fingerprint", help="the start of its certificate fingerprint")
-    unpair.set_defaults(handler=_unpair)
+    unpair.set_defaults(handler=_guarded(_unpair))
 
     list_ = verbs.add_parser("list", parents=[home], help="the readers and their state")
     list_.add_argument("--from", dest="service", metavar="HOST[:PORT]", help="a remote service")
     list_.add_argument("--json", action="store_true", help="machine-readable output")
-    list_.set_defaults(handler=_list)
+    list_.set_defaults(handler=_guarded(_list))
 
     attach = verbs.add_parser(
         "attach", parents=[home], help="attach a shared reader here, through vpcd (remote side)"
@@ -141,7 +141,7 @@ def register(subparsers: Subparsers) -> None:
         metavar="HOST:PORT",
         help="this machine's vpcd reader slot (default %(default)s)",
     )
-    attach.set_defaults(handler=_attach)
+    attach.set_defaults(handler=_guarded(_attach))
 
     detach_ = verbs.add_parser(
         "detach", parents=[home], help="end a share (either side); the reader is free again"
@@ -153,7 +153,19 @@ def register(subparsers: Subparsers) -> None:
         default=None,
         help="only this session's (remote default: this session; local default: any)",
     )
-    detach_.set_defaults(handler=_detach)
+    detach_.set_defaults(handler=_guarded(_detach))
+
+
+def _guarded(verb: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a verb; a share home that cannot be trusted ends it with a clear message."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return verb(args)
+        except ShareHomeError as exc:
+            return _fail(str(exc))
+
+    return run
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -162,7 +174,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _home(args: argparse.Namespace) -> ShareHome:
-    return ShareHome(args.home)
+    home = ShareHome(args.home)
+    home.check()
+    return home
 
 
 def _fail(message: str, status: int = EXIT_FAILURE) -> int:

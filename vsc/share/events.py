@@ -1,7 +1,9 @@
 """The share event log: what was shared, unshared, inserted and removed, when.
 
 Each side records its events twice: as JSON lines in ``events.log`` of its
-share home (``{"time": ..., "event": "shared", "reader": "Reader 1",
+share home (mode 0600, never written through a symbolic link: the log is
+opened when the :class:`EventLog` is made, so a bad one stops the program
+at its start, and again for each event) (``{"time": ..., "event": "shared", "reader": "Reader 1",
 "session": "...", "message": "Reader 1 shared into session ..."}``), for
 people and scripts, and as INFO records of the logger ``vsc.share.events``
 for whatever logging the program set up. Never a PIN or an APDU: those go to
@@ -13,11 +15,13 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import threading
 from enum import Enum
 from pathlib import Path
 from typing import Any, Final
 
+from .home import open_private
 from .protocol import EndReason
 
 __all__ = ["REASON_TEXT", "EventKind", "EventLog", "read_events"]
@@ -56,12 +60,20 @@ REASON_TEXT: Final = {
 
 
 class EventLog:
-    """Appends events to a JSON-lines file (optional) and to the ``vsc.share.events`` logger."""
+    """Appends events to a JSON-lines file (optional) and to the ``vsc.share.events`` logger.
+
+    Raises :class:`~vsc.share.home.ShareHomeError` (or ``OSError``) at once
+    if the file cannot be opened safely; later failures are logged.
+    """
+
+    _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 
     def __init__(self, path: Path | None, side: str) -> None:
         self.path = path
         self.side = side
         self._lock = threading.Lock()
+        if path is not None:
+            os.close(open_private(path, self._FLAGS))
 
     def record(self, kind: EventKind, message: str, **fields: str | int | None) -> None:
         entry: dict[str, Any] = {
@@ -74,13 +86,15 @@ class EventLog:
         logger.info("%s", message)
         if self.path is None:
             return
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
         with self._lock:
             try:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                with self.path.open("a", encoding="utf-8") as handle:
-                    handle.write(line)
-            except OSError:
+                fd = open_private(self.path, self._FLAGS)
+                try:
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+            except Exception:
                 logger.exception("cannot write the event log %s", self.path)
 
 

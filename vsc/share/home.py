@@ -1,10 +1,15 @@
 """Where a machine keeps its share state: identity, pinned peers, reader names, pairing code.
 
-One directory per machine and user (:func:`default_home`), mode 0700:
+One directory per machine and user (:func:`default_home`), mode 0700, every
+file in it 0600. A home that another user owns, or that its group or others
+may write (where someone could swap ``peers.json``, which the service
+reloads), is refused with :class:`ShareHomeError`; files are opened without
+following symbolic links. A home readable by others is narrowed to 0700:
+
 
 ``identity.key`` / ``identity.crt``
-    This machine's TLS identity: an EC P-256 key (PKCS#8 PEM, mode 0600) and
-    a self-signed certificate, created on first use.
+    This machine's TLS identity: an EC P-256 key (PKCS#8 PEM) and a
+    self-signed certificate, created on first use.
 ``peers.json``
     The pinned peers: each paired machine's certificate and its SHA-256
     fingerprint. TLS trusts exactly these certificates (and, on the service,
@@ -13,8 +18,8 @@ One directory per machine and user (:func:`default_home`), mode 0700:
     The stable reader names: PC/SC reader name -> "Reader N". A name, once
     given, is never reused for another reader.
 ``pairing.json``
-    A pending one-time pairing code (mode 0600, expires, consumed by the
-    first pairing attempt).
+    A pending one-time pairing code (expires, consumed by the first pairing
+    attempt).
 ``events.log``
     The event log, JSON lines (:mod:`vsc.share.events`).
 ``service.json``
@@ -28,11 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import os
+import pwd
 import secrets
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -50,14 +58,68 @@ __all__ = [
     "Identity",
     "Peer",
     "ShareHome",
+    "ShareHomeError",
     "default_home",
     "fingerprint",
     "format_fingerprint",
+    "open_private",
 ]
 
 HOME_ENV: Final = "VSC_SHARE_HOME"
 _CERT_DAYS: Final = 3650
 _READER_PREFIX: Final = "Reader "
+
+
+class ShareHomeError(Exception):
+    """The share home, or a file in it, cannot be trusted or read; the message says which."""
+
+
+def _owner(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _check_owner(path: Path, info: os.stat_result) -> None:
+    if info.st_uid != os.geteuid():
+        raise ShareHomeError(
+            f"{path} is owned by another user, {_owner(info.st_uid)}, not by "
+            f"{_owner(os.geteuid())}: refusing a share home someone else controls"
+        )
+
+
+def open_private(path: Path, flags: int) -> int:
+    """Open a file of a share home: never through a symlink, ours, mode 0600 (narrowed).
+
+    ``flags`` are ``os.open`` flags (``O_CREAT`` creates it 0600). Returns
+    the descriptor; raises :class:`ShareHomeError` naming the file.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ShareHomeError(f"{path} is a symbolic link; refusing to follow it") from None
+        raise ShareHomeError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ShareHomeError(f"{path} is not a regular file")
+        _check_owner(path, info)
+        if stat.S_IMODE(info.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_private(path: Path) -> bytes:
+    fd = open_private(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
 def default_home() -> Path:
@@ -121,10 +183,10 @@ class Peer:
         )
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def _write_atomic(path: Path, data: bytes) -> None:
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, mode)
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -189,23 +251,64 @@ class ShareHome:
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_home()
         self._lock = threading.RLock()
+        self._checked = False
 
     def ensure(self) -> None:
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Create the home (0700, missing parents too) if needed, and check it."""
+        with self._lock:
+            missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+            for directory in reversed(missing):
+                with contextlib.suppress(FileExistsError):
+                    directory.mkdir(mode=0o700)
+                    directory.chmod(0o700)  # whatever the umask said
+            self.check()
+
+    def check(self) -> None:
+        """Refuse a home another user owns or may write; narrow one others may read.
+
+        Checked once per object (the service keeps its object); a home that
+        does not exist yet passes (:meth:`ensure` makes it).
+        """
+        with self._lock:
+            if self._checked:
+                return
+            try:
+                info = self.path.stat()
+            except FileNotFoundError:
+                return
+            if not stat.S_ISDIR(info.st_mode):
+                raise ShareHomeError(f"{self.path} is not a directory")
+            _check_owner(self.path, info)
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o022:
+                who = "others" if mode & 0o002 else "its group"
+                raise ShareHomeError(
+                    f"{self.path} is writable by {who} (mode {mode:04o}): someone else could "
+                    f"have replaced its pinned peers or identity; check them, then "
+                    f"chmod 700 {self.path}"
+                )
+            if mode != 0o700:
+                self.path.chmod(0o700)
+            self._checked = True
 
     # -- files -------------------------------------------------------------------
 
     @property
     def events_path(self) -> Path:
+        self.check()
         return self.path / "events.log"
 
     def _read_json(self, name: str) -> dict[str, Any]:
+        self.check()
+        path = self.path / name
         try:
-            data = json.loads((self.path / name).read_text())
+            data = json.loads(_read_private(path))
         except FileNotFoundError:
             return {}
+        except ValueError as exc:
+            raise ShareHomeError(f"{path} is damaged ({exc}); refusing to guess") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{self.path / name}: not a JSON object")
+            raise ShareHomeError(f"{path} is damaged (not a JSON object); refusing to guess")
         return data
 
     def _write_json(self, name: str, data: dict[str, Any]) -> None:
@@ -218,16 +321,18 @@ class ShareHome:
         """This machine's identity, created on first use."""
         key_path, cert_path = self.path / "identity.key", self.path / "identity.crt"
         with self._lock:
+            self.check()
             if not cert_path.exists() or not key_path.exists():
                 self.ensure()
                 label = name or f"vsc-share {socket.gethostname()}"
                 key_pem, cert_der = _new_certificate(label)
-                _write_atomic(key_path, key_pem, 0o600)
+                _write_atomic(key_path, key_pem)
                 cert_pem = x509.load_der_x509_certificate(cert_der).public_bytes(
                     serialization.Encoding.PEM
                 )
-                _write_atomic(cert_path, cert_pem, 0o644)
-            pem = cert_path.read_bytes()
+                _write_atomic(cert_path, cert_pem)
+            os.close(open_private(key_path, os.O_RDONLY))  # ssl reads it by name
+            pem = _read_private(cert_path)
         der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
         return Identity(key_path, cert_path, der)
 
@@ -255,7 +360,7 @@ class ShareHome:
     def peers_mtime(self) -> float:
         """Changes when peers.json changes (to reload TLS trust)."""
         try:
-            return (self.path / "peers.json").stat().st_mtime_ns / 1e9
+            return (self.path / "peers.json").lstat().st_mtime_ns / 1e9
         except FileNotFoundError:
             return 0.0
 
@@ -355,6 +460,7 @@ class ShareHome:
         self._write_json("service.json", {"host": host, "port": port, "pid": os.getpid()})
 
     def forget_service(self) -> None:
+        self.check()
         with contextlib.suppress(FileNotFoundError):
             (self.path / "service.json").unlink()
 
