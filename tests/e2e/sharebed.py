@@ -257,8 +257,7 @@ class ShareBed:
         self.local.start()
         self.remote.start()
         self.start_emulator()
-        host = self.netns.host_address if self.netns is not None else "127.0.0.1"
-        self.start_service(host)
+        self.start_service(self.host_address)
         self.pair()
 
     def start_emulator(self) -> None:
@@ -279,18 +278,33 @@ class ShareBed:
         )
 
     @property
+    def host_address(self) -> str:
+        """This (the local) machine's address as the remote side reaches it."""
+        return self.netns.host_address if self.netns is not None else "127.0.0.1"
+
+    @property
+    def remote_address(self) -> str:
+        """The remote machine's address as this side reaches it."""
+        return self.netns.inner_address if self.netns is not None else "127.0.0.1"
+
+    def remote_prefix(self) -> list[str]:
+        """Run a command on the remote machine (in its network namespace)."""
+        return self.netns.prefix() if self.netns is not None else []
+
+    @property
     def service_spec(self) -> str:
         return f"{self.service_address[0]}:{self.service_address[1]}"
 
-    def pair(self) -> None:
-        code = self.pairing_code()
+    def pair(self, service_home: Path | None = None, spec: str | None = None) -> None:
+        """Pair the endpoint with a service (default: the bed's) with the real verbs."""
+        code = self.pairing_code(service_home)
         result = self.cli(
-            "pair", "--with", self.service_spec, code, home=self.endpoint_home, remote=True
+            "pair", "--with", spec or self.service_spec, code, home=self.endpoint_home, remote=True
         )
         assert result.returncode == 0, self.describe(result)
 
-    def pairing_code(self) -> str:
-        offer = self.cli("pair", home=self.service_home)
+    def pairing_code(self, home: Path | None = None) -> str:
+        offer = self.cli("pair", home=home or self.service_home)
         assert offer.returncode == 0, self.describe(offer)
         match = re.search(r"Pairing code: (\S+)", offer.stdout)
         assert match is not None, offer.stdout

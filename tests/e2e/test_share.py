@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from vsc.share.client import open_session
 from vsc.share.home import ShareHome
 from vsc.share.protocol import Attach, Attached, Error, ErrorCode
+from vsc.share.trust import PeerRole
 from vsc.testing.proxy import TcpProxy
 
 from .sharebed import (
@@ -111,7 +112,9 @@ def test_an_unpaired_peer_is_refused(bed: ShareBed) -> None:
     assert "no service is paired" in result.stderr
 
     # Pin the service's certificate on the stranger's side only: the service still refuses.
-    ShareHome(stranger).pin(ShareHome(bed.service_home).identity().certificate, "svc")
+    ShareHome(stranger).trust.pin(
+        ShareHome(bed.service_home).identity().certificate, "svc", PeerRole.SERVICE
+    )
     result = bed.cli("list", "--from", bed.service_spec, home=stranger, remote=True)
     assert result.returncode == 1, result.stdout
     assert "refused this machine's certificate" in result.stderr
@@ -130,7 +133,7 @@ def test_an_unpaired_peer_is_refused(bed: ShareBed) -> None:
     assert "pairing failed" in result.stderr
     result = bed.cli("pair", "--with", bed.service_spec, code, home=stranger, remote=True)
     assert result.returncode == 3, result.stderr
-    assert len(ShareHome(bed.service_home).peers()) == 1  # only the real endpoint
+    assert len(ShareHome(bed.service_home).trust.peers()) == 1  # only the real endpoint
 
 
 def test_racing_attaches_have_exactly_one_winner(bed: ShareBed) -> None:

@@ -14,6 +14,7 @@ from vsc.share import cli as share_cli
 from vsc.share.client import parse_address
 from vsc.share.home import ShareHome
 from vsc.share.service import DEFAULT_PORT, ShareService
+from vsc.share.trust import PeerRole
 
 from .fakes import FakeVpcd, MemoryReaders, echo_card
 
@@ -111,8 +112,8 @@ def test_attach_refusals_exit_3(
     tmp_path: Path, service: ShareService, capsys: pytest.CaptureFixture[str]
 ) -> None:
     endpoint_home = ShareHome(tmp_path / "endpoint")
-    service.home.pin(endpoint_home.identity().certificate, "endpoint")
-    endpoint_home.pin(service.home.identity().certificate, "laptop")
+    service.home.trust.pin(endpoint_home.identity().certificate, "endpoint", PeerRole.ENDPOINT)
+    endpoint_home.trust.pin(service.home.identity().certificate, "laptop", PeerRole.SERVICE)
     vpcd = FakeVpcd()
     try:
         status = share(
@@ -149,9 +150,11 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_unpair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = ShareHome(tmp_path / "home")
-    peer = home.pin(ShareHome(tmp_path / "other").identity().certificate, "other")
+    peer = home.trust.pin(
+        ShareHome(tmp_path / "other").identity().certificate, "other", PeerRole.ENDPOINT
+    )
     absent = "FFFF" if peer.fingerprint[0] != 0xFF else "00"
     assert share("unpair", "--home", str(home.path), absent) == 1
     assert share("unpair", "--home", str(home.path), peer.fingerprint.hex()[:6]) == 0
-    assert "forgot other" in capsys.readouterr().out
-    assert home.peers() == []
+    assert "other (" in (out := capsys.readouterr().out) and "forgotten" in out
+    assert home.trust.peers() == []

@@ -71,6 +71,7 @@ from vsc.share.protocol import (
 )
 from vsc.share.service import ShareService
 from vsc.share.tls import pairing_context, server_context
+from vsc.share.trust import PeerRole
 from vsc.testing.proxy import TcpProxy
 from vsc.trace import TRACE
 
@@ -158,13 +159,14 @@ def piv_card() -> Card:
 def bed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Bed]:
     caplog.set_level(logging.INFO, logger="vsc")
     service_home, endpoint_home = ShareHome(tmp_path / "service"), ShareHome(tmp_path / "endpoint")
-    service_home.pin(endpoint_home.identity().certificate, "endpoint")
-    endpoint_home.pin(service_home.identity().certificate, "service")
+    service_home.trust.pin(endpoint_home.identity().certificate, "endpoint", PeerRole.ENDPOINT)
     readers = MemoryReaders(READER_1, READER_2)
     readers.insert(READER_1, piv_card())
     readers.insert(READER_2, echo_card())
     service = ShareService(service_home, host="127.0.0.1", port=0, backend=readers, name="laptop")
     service.start()
+    where = f"127.0.0.1:{service.address[1]}"  # as `vsc share pair --with` remembers it
+    endpoint_home.trust.pin(service_home.identity().certificate, "laptop", PeerRole.SERVICE, where)
     bed = Bed(service_home, endpoint_home, readers, service, caplog, tmp_path)
     try:
         bed.endpoint(bed.bystander, "Reader 2", "bystander")
@@ -281,7 +283,7 @@ def test_a_certificate_copying_a_pinned_name_is_refused(bed: Bed) -> None:
     # An endpoint with its own valid certificate under the paired endpoint's exact name.
     impostor = ShareHome(bed.tmp_path / "impostor")
     forge(impostor, subject_of(bed.endpoint_home))
-    impostor.pin(bed.service_home.identity().certificate, "service")
+    impostor.trust.pin(bed.service_home.identity().certificate, "service", PeerRole.SERVICE)
     with pytest.raises(ShareError, match="refused this machine's certificate"):
         open_session(impostor, bed.service.address, "mallory", os.urandom(16))
     bed.refused("TLS handshake failed")
@@ -309,13 +311,13 @@ def test_a_certificate_issued_by_a_pinned_certificate_is_not_the_pinned_one(bed:
     ca_home = ShareHome(bed.tmp_path / "ca")
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "paired, and a CA")])
     ca_key = forge(ca_home, ca_name, ca=True)
-    bed.service_home.pin(ca_home.identity().certificate, "a paired CA")
-    bed.endpoint_home.pin(ca_home.identity().certificate, "a paired CA")
+    bed.service_home.trust.pin(ca_home.identity().certificate, "a paired CA", PeerRole.ENDPOINT)
+    bed.endpoint_home.trust.pin(ca_home.identity().certificate, "a paired CA", PeerRole.SERVICE)
     leaf_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issued by the CA")])
 
     issued = ShareHome(bed.tmp_path / "issued")
     forge(issued, leaf_name, issuer=(ca_name, ca_key))
-    issued.pin(bed.service_home.identity().certificate, "service")
+    issued.trust.pin(bed.service_home.identity().certificate, "service", PeerRole.SERVICE)
     with pytest.raises(ShareError, match="refused this machine's certificate"):
         open_session(issued, bed.service.address, "mallory", os.urandom(16))
     bed.refused("is not paired")  # TLS passed; the pin check did not
@@ -323,9 +325,10 @@ def test_a_certificate_issued_by_a_pinned_certificate_is_not_the_pinned_one(bed:
     fake_home = ShareHome(bed.tmp_path / "fake-service")
     forge(fake_home, leaf_name, issuer=(ca_name, ca_key))
     fake = FakeService(fake_home, bed.endpoint_home.identity().pem)
+    service = bed.endpoint_home.trust.find(bed.service_home.identity().fingerprint)
     try:
         with pytest.raises(ShareError, match="not pinned here"):
-            open_session(bed.endpoint_home, fake.address, "alice", os.urandom(16))
+            open_session(bed.endpoint_home, fake.address, "alice", os.urandom(16), service=service)
     finally:
         fake.close()
     assert fake.received == b""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vsc.share.home import ShareHome, fingerprint, format_fingerprint
+from vsc.share.home import ShareHome
 from vsc.share.pairing import (
     CODE_LENGTH,
     PairingClient,
@@ -22,6 +22,7 @@ from vsc.share.pairing import (
 )
 from vsc.share.protocol import PairProof
 from vsc.share.tls import client_context, pairing_context, peer_certificate, server_context
+from vsc.share.trust import PeerRole, fingerprint, format_fingerprint
 
 
 @pytest.fixture
@@ -54,17 +55,43 @@ def test_identities_differ_even_on_one_host(tmp_path: Path) -> None:
 
 def test_pins(service_home: ShareHome, endpoint_home: ShareHome) -> None:
     certificate = endpoint_home.identity().certificate
-    peer = service_home.pin(certificate, "remote", "198.18.0.2")
+    peer = service_home.trust.pin(certificate, "remote", PeerRole.ENDPOINT, "198.18.0.2")
     assert peer.fingerprint == fingerprint(certificate)
-    assert service_home.find_peer(peer.fingerprint) == peer
-    assert service_home.pin(certificate, "renamed").name == "renamed"
-    assert [p.name for p in service_home.peers()] == ["renamed"]  # replaced, not duplicated
-    current = service_home.find_peer(peer.fingerprint)
+    assert service_home.trust.find(peer.fingerprint) == peer
+    assert service_home.trust.pin(certificate, "renamed", PeerRole.ENDPOINT).name == "renamed"
+    assert [p.name for p in service_home.trust.peers()] == ["renamed"]  # replaced, not duplicated
+    current = service_home.trust.find(peer.fingerprint)
     prefix = format_fingerprint(peer.fingerprint, 2)
-    assert service_home.unpin(prefix) == [current]
-    assert service_home.peers() == []
+    assert service_home.trust.unpin(prefix) == [current]
+    assert service_home.trust.peers() == []
     with pytest.raises(ValueError):
-        service_home.unpin(":")
+        service_home.trust.unpin(":")
+
+
+@pytest.mark.parametrize(
+    ("address", "role"),
+    [
+        ("198.18.0.2", PeerRole.ENDPOINT),  # the old service stored an endpoint's bare address
+        ("fe80::abcd", PeerRole.ENDPOINT),
+        ("laptop:35990", PeerRole.SERVICE),  # the old `pair --with` stored HOST:PORT
+        ("198.18.0.1:35990", PeerRole.SERVICE),
+        ("fe80::1:35", None),  # an IPv6 address or one with a port: not guessed
+        ("laptop", None),
+        ("", None),
+    ],
+)
+def test_an_old_pin_migrates_to_one_direction_at_most(
+    service_home: ShareHome, endpoint_home: ShareHome, address: str, role: PeerRole | None
+) -> None:
+    certificate = endpoint_home.identity().certificate
+    old = {"fingerprint": fingerprint(certificate).hex(), "name": "old", "paired_at": "then"}
+    service_home.write_json(
+        "peers.json", {"peers": [{**old, "address": address, "certificate": certificate.hex()}]}
+    )
+    (peer,) = service_home.trust.peers()
+    assert list(peer.grants) == ([role] if role else [])
+    assert len(service_home.trust.notes) == 1 and "old" in service_home.trust.notes[0]
+    assert service_home.read_json("peers.json")["version"] == 2  # migrated once, saved
 
 
 def test_reader_names_are_stable_and_never_reused(service_home: ShareHome) -> None:

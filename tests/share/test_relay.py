@@ -42,6 +42,7 @@ from vsc.share.protocol import (
 )
 from vsc.share.service import ShareService
 from vsc.share.tls import pairing_context
+from vsc.share.trust import PeerRole
 from vsc.testing.proxy import TcpProxy
 
 from .fakes import SELECT_ECHO, FakeVpcd, MemoryHandle, MemoryReaders, echo_card
@@ -111,12 +112,13 @@ class Relay:
 @pytest.fixture
 def relay(tmp_path: Path) -> Iterator[Relay]:
     service_home, endpoint_home = ShareHome(tmp_path / "service"), ShareHome(tmp_path / "endpoint")
-    service_home.pin(endpoint_home.identity().certificate, "endpoint")
-    endpoint_home.pin(service_home.identity().certificate, "service")
+    service_home.trust.pin(endpoint_home.identity().certificate, "endpoint", PeerRole.ENDPOINT)
     readers = MemoryReaders(READER_1, READER_2)
     readers.insert(READER_1, echo_card())
     service = ShareService(service_home, host="127.0.0.1", port=0, backend=readers, name="laptop")
     service.start()
+    where = f"127.0.0.1:{service.address[1]}"  # as `vsc share pair --with` remembers it
+    endpoint_home.trust.pin(service_home.identity().certificate, "laptop", PeerRole.SERVICE, where)
     relay = Relay(service_home, endpoint_home, readers, service)
     try:
         yield relay
@@ -293,8 +295,8 @@ def test_a_peer_detaches_only_its_own_sessions(
     _, result = relay.endpoint(vpcd, session="alice")
     vpcd.accept()
     other = ShareHome(tmp_path / "other")
-    relay.service_home.pin(other.identity().certificate, "other")
-    other.pin(relay.service_home.identity().certificate, "service")
+    relay.service_home.trust.pin(other.identity().certificate, "other", PeerRole.ENDPOINT)
+    other.trust.pin(relay.service_home.identity().certificate, "service", PeerRole.SERVICE)
     assert client.detach(other, relay.service.address, "Reader 1", "alice") == 0
     assert relay.state() is ReaderState.SHARED
     assert client.detach(relay.endpoint_home, relay.service.address, "", "alice") == 1
@@ -404,7 +406,7 @@ def test_unknown_reader(relay: Relay, vpcd: FakeVpcd) -> None:
 
 def test_an_unpinned_endpoint_is_refused(tmp_path: Path, relay: Relay, vpcd: FakeVpcd) -> None:
     stranger = ShareHome(tmp_path / "stranger")
-    stranger.pin(relay.service_home.identity().certificate, "service")
+    stranger.trust.pin(relay.service_home.identity().certificate, "service", PeerRole.SERVICE)
     _, result = relay.endpoint(vpcd, home=stranger)
     outcome = result()
     assert outcome.failed and outcome.refused is None
@@ -421,8 +423,10 @@ def test_an_unpinned_endpoint_is_refused(tmp_path: Path, relay: Relay, vpcd: Fak
 
 def test_a_service_that_is_not_pinned_is_not_trusted(tmp_path: Path, relay: Relay) -> None:
     stranger = ShareHome(tmp_path / "stranger")
-    stranger.pin(ShareHome(tmp_path / "someone-else").identity().certificate, "other")
-    relay.service_home.pin(stranger.identity().certificate, "stranger")
+    stranger.trust.pin(
+        ShareHome(tmp_path / "someone-else").identity().certificate, "other", PeerRole.SERVICE
+    )
+    relay.service_home.trust.pin(stranger.identity().certificate, "stranger", PeerRole.ENDPOINT)
     with pytest.raises(ShareError, match="not a paired service"):
         client.list_readers(stranger, relay.service.address)
 
@@ -457,7 +461,7 @@ def test_pairing_pins_both_sides(tmp_path: Path, relay: Relay) -> None:
     peer = client.pair(newcomer, relay.service.address, code.lower())
     assert peer.fingerprint == relay.service_home.identity().fingerprint
     assert peer.name == "laptop"
-    assert relay.service_home.find_peer(newcomer.identity().fingerprint) is not None
+    assert relay.service_home.trust.find(newcomer.identity().fingerprint) is not None
     name, readers = client.list_readers(newcomer, relay.service.address)
     assert name == "laptop"
     assert [(r.name, r.state) for r in readers] == [
@@ -473,8 +477,8 @@ def test_a_wrong_pairing_code_pins_nothing(tmp_path: Path, relay: Relay) -> None
     relay.service_home.offer_pairing(new_code(), 60)
     with pytest.raises(Refused, match="pairing failed"):
         client.pair(newcomer, relay.service.address, new_code())
-    assert newcomer.peers() == []
-    assert relay.service_home.find_peer(newcomer.identity().fingerprint) is None
+    assert newcomer.trust.peers() == []
+    assert relay.service_home.trust.find(newcomer.identity().fingerprint) is None
     assert relay.service_home.take_pairing_code() is None  # the attempt used the code up
     relay.wait_for(
         lambda: "pairing-failed" in [e["event"] for e in relay.events(relay.service_home)],

@@ -42,12 +42,14 @@ from .client import (
     list_readers,
     pair,
     parse_address,
+    resolve_service,
 )
 from .endpoint import DEFAULT_VPCD, Endpoint
-from .home import ShareHome, ShareHomeError, format_fingerprint
-from .pairing import new_code
+from .home import ShareHome, ShareHomeError
+from .pairing import PairingError, new_code, normalize_code
 from .protocol import DEFAULT_PORT, EndReason, ReaderInfo, ReaderState, ShareMode
 from .service import ShareService
+from .trust import ROLE_TEXT, Peer, PeerRole, format_fingerprint
 
 if TYPE_CHECKING:
     from ..cliutil import Subparsers
@@ -109,14 +111,29 @@ def register(subparsers: Subparsers) -> None:
     pair_.add_argument("code", nargs="?", help="the code the service printed")
     pair_.set_defaults(handler=_guarded(_pair))
 
-    peers = verbs.add_parser("peers", parents=[home], help="this machine's pins")
+    peers = verbs.add_parser(
+        "peers", parents=[home], help="who this machine trusts, for what, since when"
+    )
+    peers.add_argument("--json", action="store_true", help="machine-readable output")
     peers.set_defaults(handler=_guarded(_peers))
     unpair = verbs.add_parser("unpair", parents=[home], help="forget a paired machine")
     unpair.add_argument("fingerprint", help="the start of its certificate fingerprint")
+    unpair.add_argument(
+        "--as",
+        dest="role",
+        choices=[r.value for r in PeerRole],
+        help="withdraw only this direction (default: forget the machine)",
+    )
     unpair.set_defaults(handler=_guarded(_unpair))
 
     list_ = verbs.add_parser("list", parents=[home], help="the readers and their state")
-    list_.add_argument("--from", dest="service", metavar="HOST[:PORT]", help="a remote service")
+    list_.add_argument(
+        "--from",
+        dest="service",
+        metavar="NAME",
+        help="a paired service (name, address, or NAME@HOST[:PORT]; default: this machine's "
+        "own service if it runs, else the only service paired here)",
+    )
     list_.add_argument("--json", action="store_true", help="machine-readable output")
     list_.set_defaults(handler=_guarded(_list))
 
@@ -124,7 +141,13 @@ def register(subparsers: Subparsers) -> None:
         "attach", parents=[home], help="attach a shared reader here, through vpcd (remote side)"
     )
     attach.add_argument("reader", help='the reader\'s name, e.g. "Reader 1"')
-    attach.add_argument("--from", dest="service", required=True, metavar="HOST[:PORT]")
+    attach.add_argument(
+        "--from",
+        dest="service",
+        metavar="NAME",
+        help="the paired service: its name, an address it was paired at, or NAME@HOST[:PORT] "
+        "(default: the only service paired here)",
+    )
     attach.add_argument(
         "--mode",
         choices=[m.name.lower() for m in ShareMode],
@@ -147,7 +170,9 @@ def register(subparsers: Subparsers) -> None:
         "detach", parents=[home], help="end a share (either side); the reader is free again"
     )
     detach_.add_argument("reader", nargs="?", default="", help="the reader (default: all)")
-    detach_.add_argument("--from", dest="service", metavar="HOST[:PORT]", help="a remote service")
+    detach_.add_argument(
+        "--from", dest="service", metavar="NAME", help="a paired service (as for list)"
+    )
     detach_.add_argument(
         "--session",
         default=None,
@@ -255,6 +280,10 @@ def _pair(args: argparse.Namespace) -> int:
         port = where[1] if where else DEFAULT_PORT
         print(f"Pairing code: {code}")
         print(f"Valid for {int(PAIRING_LIFETIME // 60)} minutes, for one attempt.")
+        print(
+            "It lets one machine use this machine's readers (nothing else: that machine "
+            "will not lend you its own)."
+        )
         print("On the remote machine, run:")
         print(f"  vsc share pair --with {socket.gethostname()}:{port} {code}")
         print(f"This machine's certificate: {format_fingerprint(identity.fingerprint)}")
@@ -262,13 +291,16 @@ def _pair(args: argparse.Namespace) -> int:
     if args.code is None:
         return _fail("give the code the service printed: vsc share pair --with HOST CODE", 2)
     try:
+        normalize_code(args.code)
         address = parse_address(args.service)
-        peer = pair(home, address, args.code)
-    except ValueError as exc:
+    except (ValueError, PairingError) as exc:
         return _fail(str(exc), 2)
+    try:
+        peer = pair(home, address, args.code)
     except ShareError as exc:
         return _fail(str(exc), _error_status(exc))
-    print(f"Paired with {peer.name} at {peer.address}.")
+    print(f"Paired with {peer.name} at {peer.address}: this machine may attach its readers")
+    print(f"(--from {peer.name}); {peer.name} may not use this machine's readers.")
     print(f"Its certificate:     {format_fingerprint(peer.fingerprint)}")
     print(f"This machine's:      {format_fingerprint(identity.fingerprint)}")
     return EXIT_OK
@@ -276,41 +308,94 @@ def _pair(args: argparse.Namespace) -> int:
 
 def _peers(args: argparse.Namespace) -> int:
     home = _home(args)
-    print(f"this machine  {format_fingerprint(home.identity().fingerprint)}")
-    for peer in home.peers():
-        where = f" at {peer.address}" if peer.address else ""
-        print(f"{peer.name}{where}, paired {peer.paired_at}")
-        print(f"              {format_fingerprint(peer.fingerprint)}")
+    peers = home.trust.peers()
+    if args.json:
+        print(json.dumps(_peers_json(home, peers), indent=2))
+        return EXIT_OK
+    print(f"This machine: {format_fingerprint(home.identity().fingerprint)}")
+    sections = [
+        (PeerRole.SERVICE, "Services this machine may attach readers from (--from NAME):"),
+        (PeerRole.ENDPOINT, "Endpoints that may use this machine's readers:"),
+    ]
+    for role, title in sections:
+        print(f"\n{title}")
+        listed = [p for p in peers if p.may(role)]
+        for peer in listed:
+            grant = peer.grants[role]
+            where = ""
+            if grant.address:
+                where = (
+                    f" at {grant.address}"
+                    if role is PeerRole.SERVICE
+                    else f" (paired from {grant.address})"
+                )
+            print(f"  {peer.name}{where}, since {grant.since or 'before pairings had a direction'}")
+            print(f"    {format_fingerprint(peer.fingerprint)}")
+        if not listed:
+            print("  (none)")
+    untrusted = [p for p in peers if not p.grants]
+    if untrusted:
+        print("\nPinned but trusted for nothing (paired before pairings had a direction):")
+        for peer in untrusted:
+            print(f"  {peer.name}  {format_fingerprint(peer.fingerprint)}")
     return EXIT_OK
 
 
+def _peers_json(home: ShareHome, peers: list[Peer]) -> dict[str, object]:
+    return {
+        "this_machine": home.identity().fingerprint.hex(),
+        "peers": [
+            {
+                "name": peer.name,
+                "fingerprint": peer.fingerprint.hex(),
+                "roles": {
+                    role.value: {"since": grant.since, "address": grant.address}
+                    for role, grant in peer.grants.items()
+                },
+            }
+            for peer in peers
+        ],
+    }
+
+
 def _unpair(args: argparse.Namespace) -> int:
+    role = PeerRole(args.role) if args.role else None
     try:
-        gone = _home(args).unpin(args.fingerprint)
+        gone = _home(args).trust.unpin(args.fingerprint, role)
     except ValueError as exc:
         return _fail(str(exc), 2)
     if not gone:
         return _fail(f"no paired machine has a fingerprint starting {args.fingerprint}")
     for peer in gone:
-        print(f"forgot {peer.name} ({format_fingerprint(peer.fingerprint, 4)})")
+        what = f"no longer trusted as {ROLE_TEXT[role]}" if role else "forgotten"
+        print(f"{peer.describe()}: {what}")
     return EXIT_OK
 
 
-def _target(home: ShareHome, service: str | None) -> tuple[tuple[str, int], bool]:
-    """The service to talk to, and whether it is this machine's own."""
-    if service is not None:
-        return parse_address(service), False
-    address = home.service_address()
-    if address is None:
-        raise ShareError("no share service runs here (vsc share serve); or use --from HOST")
-    return address, True
+def _target(home: ShareHome, spec: str | None) -> tuple[tuple[str, int], Peer | None]:
+    """The service to talk to (None: this machine's own) and where it listens.
+
+    Without ``--from``: this machine's running service if there is one, else
+    the only service paired here.
+    """
+    if spec is None:
+        address = home.service_address()
+        if address is not None:
+            return address, None
+        if not home.trust.peers(PeerRole.SERVICE):
+            raise ShareError(
+                "no share service runs here (vsc share serve), and no service is paired with "
+                "this machine (vsc share pair --with HOST CODE)"
+            )
+    peer, address = resolve_service(home, spec)
+    return address, peer
 
 
 def _list(args: argparse.Namespace) -> int:
     home = _home(args)
     try:
-        address, local = _target(home, args.service)
-        name, readers = list_readers(home, address, local=local)
+        address, peer = _target(home, args.service)
+        name, readers = list_readers(home, address, local=peer is None, service=peer)
     except ValueError as exc:
         return _fail(str(exc), 2)
     except ShareError as exc:
@@ -341,10 +426,12 @@ def _attach(args: argparse.Namespace) -> int:
     _show_events()
     home = _home(args)
     try:
-        address = parse_address(args.service)
         vpcd = parse_address(args.vpcd, default_port=DEFAULT_VPCD[1])
+        service, address = resolve_service(home, args.service)
     except ValueError as exc:
         return _fail(str(exc), 2)
+    except ShareError as exc:
+        return _fail(str(exc))
     endpoint = Endpoint(
         home,
         address,
@@ -352,6 +439,7 @@ def _attach(args: argparse.Namespace) -> int:
         session=args.session or default_session(),
         mode=ShareMode[args.mode.upper()],
         vpcd=vpcd,
+        service=service,
     )
     reasons: dict[int, EndReason] = {
         signal.SIGINT: EndReason.DETACH,
@@ -373,9 +461,10 @@ def _attach(args: argparse.Namespace) -> int:
 def _detach(args: argparse.Namespace) -> int:
     home = _home(args)
     try:
-        address, local = _target(home, args.service)
+        address, peer = _target(home, args.service)
+        local = peer is None
         session = args.session if args.session is not None else ("" if local else default_session())
-        count = detach(home, address, args.reader, session, local=local)
+        count = detach(home, address, args.reader, session, local=local, service=peer)
     except ValueError as exc:
         return _fail(str(exc), 2)
     except ShareError as exc:

@@ -17,7 +17,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Final
 
-from .home import Peer, ShareHome, fingerprint, format_fingerprint
+from .home import ShareHome
 from .link import DEFAULT_TIMEOUT, LinkClosed, LinkSocket, connect_tls
 from .pairing import PairingClient, PairingError
 from .protocol import (
@@ -39,6 +39,7 @@ from .protocol import (
     Welcome,
 )
 from .tls import client_context, pairing_context, peer_certificate
+from .trust import Peer, PeerRole, fingerprint, format_fingerprint
 
 __all__ = [
     "Refused",
@@ -50,6 +51,7 @@ __all__ = [
     "open_session",
     "pair",
     "parse_address",
+    "resolve_service",
 ]
 
 _NOT_PAIRED_HINT: Final = (
@@ -120,6 +122,87 @@ def expect(reply: Reply, kind: type[Message]) -> None:
         raise ShareError(f"unexpected {type(reply).__name__}")
 
 
+def resolve_service(home: ShareHome, spec: str | None) -> tuple[Peer, tuple[str, int]]:
+    """The paired service ``--from`` names, and where to reach it.
+
+    ``spec`` is the service's name (as paired; any case), the start of its
+    fingerprint, an address it was paired at (``HOST[:PORT]``), or
+    ``NAME@HOST[:PORT]`` for a paired service that moved; None: the only
+    service paired here. The connection is then bound to that service's
+    pinned certificate: any other, pinned or not, is refused.
+    """
+    services = home.trust.peers(PeerRole.SERVICE)
+    if not services:
+        raise ShareError("no service is paired with this machine: vsc share pair --with HOST CODE")
+    if spec is None:
+        if len(services) > 1:
+            raise ShareError(
+                f"several services are paired; say which with --from NAME: {_names(services)}"
+            )
+        return services[0], _remembered(services[0])
+    name, at, where = spec.rpartition("@")
+    if at:
+        found = _by_name(services, name)
+        if found is None:
+            raise ShareError(f"no service called {name!r} is paired: {_names(services)}")
+        return found, parse_address(where)
+    found = _by_name(services, spec)
+    if found is not None:
+        return found, _remembered(found)
+    address = parse_address(spec)
+    return _at(services, address), address
+
+
+def _names(peers: list[Peer]) -> str:
+    return ", ".join(p.describe() for p in peers)
+
+
+def _by_name(services: list[Peer], name: str) -> Peer | None:
+    """The service called ``name`` (any case), or whose fingerprint starts with it."""
+    wanted = name.casefold()
+    found = [p for p in services if p.name.casefold() == wanted]
+    hex_prefix = name.replace(":", "").lower()
+    if not found and len(hex_prefix) >= 4 and all(c in "0123456789abcdef" for c in hex_prefix):
+        found = [p for p in services if p.fingerprint.hex().startswith(hex_prefix)]
+    if len(found) > 1:
+        raise ShareError(f"{name!r} names several paired services: {_names(found)}")
+    return found[0] if found else None
+
+
+def _remembered(service: Peer) -> tuple[str, int]:
+    address = service.grants[PeerRole.SERVICE].address
+    if not address:
+        raise ShareError(f"no address is known for {service.describe()}: --from NAME@HOST[:PORT]")
+    return parse_address(address)
+
+
+def _at(services: list[Peer], address: tuple[str, int]) -> Peer:
+    """The one service paired at ``address``; otherwise the only service paired at all."""
+    found = [p for p in services if _same(p.grants[PeerRole.SERVICE].address, address)]
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise ShareError(f"several paired services were at {_show(address)}: {_names(found)}")
+    if len(services) == 1:
+        return services[0]
+    raise ShareError(
+        f"no paired service is known at {_show(address)}; paired: {_names(services)} "
+        "(--from NAME, or NAME@HOST[:PORT] for one that moved)"
+    )
+
+
+def _same(remembered: str, address: tuple[str, int]) -> bool:
+    try:
+        return bool(remembered) and parse_address(remembered) == address
+    except ValueError:
+        return False
+
+
+def _show(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def open_session(
     home: ShareHome,
     address: tuple[str, int],
@@ -128,27 +211,39 @@ def open_session(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     local: bool = False,
+    service: Peer | None = None,
 ) -> Session:
-    """Connect with mutual TLS to a pinned service and say HELLO.
+    """Connect with mutual TLS to the paired ``service`` at ``address`` and say HELLO.
 
+    ``service`` defaults to the one paired at ``address`` (or the only one
+    paired); whichever it is, the connection is bound to its certificate: a
+    different one, even of another paired service, is refused naming both.
     ``local``: the service is this machine's own (same share home), which
     trusts its own certificate: the local user's CLI.
     """
     identity = home.identity()
-    peers = [home.own_peer()] if local else home.peers()
-    if not peers:
-        raise ShareError("no service is paired with this machine: vsc share pair --with HOST CODE")
-    context = client_context(identity, "".join(p.pem for p in peers))
+    if local:
+        expected = home.own_peer()
+        anchors = expected.pem
+    else:
+        services = home.trust.peers(PeerRole.SERVICE)
+        if not services:
+            raise ShareError(
+                "no service is paired with this machine: vsc share pair --with HOST CODE"
+            )
+        expected = service if service is not None else _at(services, address)
+        anchors = "".join(p.pem for p in services)  # to name whoever answers
+    context = client_context(identity, anchors)
     try:
         sock = connect_tls(address, context, timeout=timeout)
     except ssl.SSLCertVerificationError as exc:
         raise ShareError(
-            f"{address[0]}:{address[1]} is not a paired service "
+            f"{_show(address)} is not a paired service "
             f"(its certificate is not pinned here): {exc.verify_message}"
         ) from None
     except (OSError, ssl.SSLError) as exc:
-        raise ShareError(f"cannot reach {address[0]}:{address[1]}: {exc}") from None
-    service = _pinned(peers, sock)
+        raise ShareError(f"cannot reach {_show(address)}: {exc}") from None
+    _check_bound(home, expected, sock, address)
     link = LinkSocket(sock, Role.ENDPOINT)
     try:
         reply, _ = link.request(Hello(session, instance), timeout)
@@ -159,18 +254,29 @@ def open_session(
         link.close()
         expect(reply, Welcome)
     assert isinstance(reply, Welcome)
-    return Session(link, reply.name, service)
+    return Session(link, reply.name, expected)
 
 
-def _pinned(peers: list[Peer], sock: ssl.SSLSocket) -> Peer:
-    """The pin the service's certificate matches (checked again beyond the TLS layer)."""
+def _check_bound(
+    home: ShareHome, expected: Peer, sock: ssl.SSLSocket, address: tuple[str, int]
+) -> None:
+    """The service must show the expected pin (checked beyond the TLS layer); else refuse."""
     certificate = peer_certificate(sock)
     seen = fingerprint(certificate or b"")
-    for peer in peers:
-        if certificate is not None and hmac.compare_digest(peer.fingerprint, seen):
-            return peer
+    if certificate is not None and hmac.compare_digest(expected.fingerprint, seen):
+        return
     sock.close()
-    raise ShareError("the service's certificate is not pinned here")
+    other = home.trust.find(seen)
+    who = (
+        other.describe()
+        if other is not None
+        else f"certificate {format_fingerprint(seen, 4)}, which is not pinned here"
+    )
+    raise ShareError(
+        f"{_show(address)} answered as {who}, not as {expected.describe()}, the service "
+        "paired under that name: refusing it (the address may lead somewhere else now, or "
+        "someone is redirecting the connection)"
+    )
 
 
 def list_readers(
@@ -179,10 +285,17 @@ def list_readers(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     local: bool = False,
+    service: Peer | None = None,
 ) -> tuple[str, tuple[ReaderInfo, ...]]:
     """The service's name and its readers."""
     session = open_session(
-        home, address, default_session(), new_instance(), timeout=timeout, local=local
+        home,
+        address,
+        default_session(),
+        new_instance(),
+        timeout=timeout,
+        local=local,
+        service=service,
     )
     try:
         reply, _ = session.link.request(ListReaders(), timeout)
@@ -203,6 +316,7 @@ def detach(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     local: bool = False,
+    service: Peer | None = None,
 ) -> int:
     """End attachments (of ``reader``, of ``session``; "" = any); how many ended.
 
@@ -210,7 +324,13 @@ def detach(
     identity (the local CLI, ``local``) may end any.
     """
     opened = open_session(
-        home, address, default_session(), new_instance(), timeout=timeout, local=local
+        home,
+        address,
+        default_session(),
+        new_instance(),
+        timeout=timeout,
+        local=local,
+        service=service,
     )
     link = opened.link
     try:
@@ -251,7 +371,7 @@ def pair(
         proof = client.prove(reply)
         reply, _ = link.request(proof, timeout)
         expect(reply, Paired)
-        return home.pin(service_certificate, service_name, f"{address[0]}:{address[1]}")
+        return home.trust.pin(service_certificate, service_name, PeerRole.SERVICE, _show(address))
     except PairingError as exc:
         raise Refused(ErrorCode.PAIRING_FAILED, f"pairing failed: {exc}") from None
     except Refused as exc:
@@ -260,7 +380,3 @@ def pair(
         raise ShareError(f"pairing failed: {exc}") from None
     finally:
         link.close()
-
-
-def describe(peer: Peer) -> str:
-    return f"{peer.name} ({format_fingerprint(peer.fingerprint, 4)})"

@@ -62,7 +62,7 @@ from ..vpcd import PowerOff as VpcdPowerOff
 from ..vpcd import PowerOn as VpcdPowerOn
 from ..vpcd import Reset as VpcdReset
 from .client import Refused, Session, ShareError, expect, new_instance, open_session
-from .events import REASON_TEXT, EventKind, EventLog
+from .events import REASON_TEXT, EventKind, EventLog, record_migration
 from .home import ShareHome
 from .link import LinkClosed, LinkSocket
 from .masking import ApduTrace
@@ -88,6 +88,7 @@ from .protocol import (
     Transmit,
 )
 from .protocol import ConnectionClosed as LinkEnd
+from .trust import Peer
 
 __all__ = ["DEFAULT_VPCD", "Backoff", "Endpoint", "Outcome"]
 
@@ -146,9 +147,11 @@ class Endpoint:
         backoff: Backoff | None = None,
         frame_timeout: float = 5.0,
         request_timeout: float = _REQUEST_TIMEOUT,
+        service: Peer | None = None,
     ) -> None:
         self.home = home
         self.address = address
+        self.service = service  # the paired service it must be (default: the one at address)
         self.reader = reader
         self.session = session
         self.mode = mode
@@ -158,6 +161,7 @@ class Endpoint:
         self.request_timeout = request_timeout
         self.instance = new_instance()
         self.events = EventLog(home.events_path, "endpoint")
+        record_migration(self.events, home.trust)
         self.trace = ApduTrace(f"{reader}@{address[0]}")
         self._stop_reason: EndReason | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -255,7 +259,9 @@ class Endpoint:
         return self._stop_reason is not None
 
     def _attach(self) -> Session:
-        session = open_session(self.home, self.address, self.session, self.instance)
+        session = open_session(
+            self.home, self.address, self.session, self.instance, service=self.service
+        )
         try:
             reply, _ = session.link.request(Attach(self.reader, self.mode))
             expect(reply, Attached)

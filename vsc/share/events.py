@@ -21,10 +21,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Final
 
-from .home import open_private
+from .files import open_private
 from .protocol import EndReason
+from .trust import TrustStore
 
-__all__ = ["REASON_TEXT", "EventKind", "EventLog", "read_events"]
+__all__ = ["REASON_TEXT", "EventKind", "EventLog", "read_events", "record_migration"]
 
 logger = logging.getLogger("vsc.share.events")
 
@@ -45,6 +46,7 @@ class EventKind(Enum):
     READER_ADDED = "reader-added"
     READER_REMOVED = "reader-removed"
     LINK_LOST = "link-lost"
+    TRUST_MIGRATED = "trust-migrated"  # an old peers.json got one direction per pin
 
 
 #: How an event message says why a share ended.
@@ -96,6 +98,14 @@ class EventLog:
                     os.close(fd)
             except Exception:
                 logger.exception("cannot write the event log %s", self.path)
+
+
+def record_migration(events: EventLog, trust: TrustStore) -> None:
+    """Migrate an old ``peers.json`` now (if it is one) and log what each pin became."""
+    trust.peers()
+    for note in trust.notes:
+        events.record(EventKind.TRUST_MIGRATED, f"pairing migrated to one direction: {note}")
+    trust.notes.clear()
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

@@ -44,7 +44,6 @@ from cryptography import x509
 from .broker import Change, ChangeKind, InUse, Lease, SessionKey, UnknownReader
 from .events import EventKind
 from .holder import CardHolder
-from .home import fingerprint, format_fingerprint
 from .link import LinkClosed, LinkSocket
 from .masking import ApduTrace
 from .pairing import PairingError, PairingServer
@@ -75,6 +74,7 @@ from .protocol import (
     Welcome,
 )
 from .tls import peer_certificate, tune
+from .trust import ROLE_TEXT, PeerRole, fingerprint, format_fingerprint
 
 if TYPE_CHECKING:
     from .service import ShareService
@@ -133,6 +133,7 @@ class LinkHandler:
         self.lease: Lease | None = None
         self.holder: CardHolder | None = None
         self.idle_deadline: float | None = None  # unauthenticated links must pair promptly
+        self.refusal = ""  # a pinned peer without the endpoint role: why it is refused
         self.trace = ApduTrace(address)
 
     # -- called from other threads ----------------------------------------------------------
@@ -179,11 +180,24 @@ class LinkHandler:
         if certificate is not None:
             self.peer = fingerprint(certificate)
             self.admin = self.peer == service.identity.fingerprint
-            if not self.admin and service.home.find_peer(self.peer) is None:
+            peer = None if self.admin else service.home.trust.find(self.peer)
+            if not self.admin and peer is None:
                 # Unpinned since the context was built (vsc share unpair): refuse.
                 self._refuse(f"certificate {short(self.peer)} is not paired")
                 tls.close()
                 return None
+            if peer is not None and not peer.may(PeerRole.ENDPOINT):
+                # Pinned for the other direction only: it may not use our readers. Say so
+                # to its first request, then close.
+                granted = " and ".join(ROLE_TEXT[r] for r in peer.grants) or "nothing"
+                self.refusal = (
+                    f"{service.name} does not lend its readers to this machine: it paired "
+                    f"with it as {granted} (pair again from the other side to allow it)"
+                )
+                self._refuse(
+                    f"{peer.describe()} is paired as {granted}, not as an endpoint that may "
+                    "use this machine's readers"
+                )
         log.debug("%s: TLS %s, peer %s", self.address, tls.version(), short(self.peer) or "none")
         if not self.peer:
             self.idle_deadline = time.monotonic() + _PAIRING_IDLE
@@ -265,6 +279,8 @@ class LinkHandler:
     # -- requests -------------------------------------------------------------------------------
 
     def _handle(self, message: Message) -> Reply:
+        if self.refusal:
+            raise _Refused(self.refusal)
         match message:
             case PairRequest():
                 return self._pair_request(message)
@@ -323,12 +339,15 @@ class LinkHandler:
             certificate = self.pairing.verify(proof)
         except PairingError:
             return Error(ErrorCode.PAIRING_FAILED, "wrong pairing code")
-        peer = service.home.pin(certificate, self.pairing_name, self.address.rpartition(":")[0])
+        host = self.address.rpartition(":")[0]
+        peer = service.home.trust.pin(certificate, self.pairing_name, PeerRole.ENDPOINT, host)
         self.paired = True
         service.events.record(
             EventKind.PAIRED,
-            f"paired with {peer.name} (certificate {short(peer.fingerprint)})",
+            f"paired with {peer.name} (certificate {short(peer.fingerprint)}) as "
+            f"{ROLE_TEXT[PeerRole.ENDPOINT]}",
             peer=short(peer.fingerprint),
+            role=PeerRole.ENDPOINT.value,
         )
         return Paired()
 

@@ -33,15 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
-import hashlib
 import json
 import os
-import pwd
 import secrets
 import socket
 import stat
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -53,73 +49,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = [
-    "HOME_ENV",
-    "Identity",
-    "Peer",
-    "ShareHome",
-    "ShareHomeError",
-    "default_home",
-    "fingerprint",
-    "format_fingerprint",
-    "open_private",
-]
+from .files import ShareHomeError, check_owner, open_private, read_private, write_atomic
+from .trust import Grant, Peer, PeerRole, TrustStore, fingerprint
+
+__all__ = ["HOME_ENV", "Identity", "ShareHome", "ShareHomeError", "default_home"]
 
 HOME_ENV: Final = "VSC_SHARE_HOME"
 _CERT_DAYS: Final = 3650
 _READER_PREFIX: Final = "Reader "
-
-
-class ShareHomeError(Exception):
-    """The share home, or a file in it, cannot be trusted or read; the message says which."""
-
-
-def _owner(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _check_owner(path: Path, info: os.stat_result) -> None:
-    if info.st_uid != os.geteuid():
-        raise ShareHomeError(
-            f"{path} is owned by another user, {_owner(info.st_uid)}, not by "
-            f"{_owner(os.geteuid())}: refusing a share home someone else controls"
-        )
-
-
-def open_private(path: Path, flags: int) -> int:
-    """Open a file of a share home: never through a symlink, ours, mode 0600 (narrowed).
-
-    ``flags`` are ``os.open`` flags (``O_CREAT`` creates it 0600). Returns
-    the descriptor; raises :class:`ShareHomeError` naming the file.
-    """
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ShareHomeError(f"{path} is a symbolic link; refusing to follow it") from None
-        raise ShareHomeError(f"cannot open {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ShareHomeError(f"{path} is not a regular file")
-        _check_owner(path, info)
-        if stat.S_IMODE(info.st_mode) != 0o600:
-            os.fchmod(fd, 0o600)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _read_private(path: Path) -> bytes:
-    fd = open_private(path, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
 
 
 def default_home() -> Path:
@@ -129,18 +66,6 @@ def default_home() -> Path:
         return Path(explicit)
     data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data) / "vsc" / "share"
-
-
-def fingerprint(certificate_der: bytes) -> bytes:
-    """SHA-256 of a DER certificate: what peers pin."""
-    return hashlib.sha256(certificate_der).digest()
-
-
-def format_fingerprint(value: bytes, groups: int | None = None) -> str:
-    """``AB12:CD34:...`` (all groups, or the first ``groups``) for people to compare."""
-    text = value.hex().upper()
-    parts = [text[i : i + 4] for i in range(0, len(text), 4)]
-    return ":".join(parts if groups is None else parts[:groups])
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,40 +87,6 @@ class Identity:
             .public_bytes(serialization.Encoding.PEM)
             .decode()
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """A pinned peer."""
-
-    fingerprint: bytes
-    certificate: bytes  # DER
-    name: str
-    paired_at: str
-    address: str = ""
-
-    @property
-    def pem(self) -> str:
-        return (
-            x509.load_der_x509_certificate(self.certificate)
-            .public_bytes(serialization.Encoding.PEM)
-            .decode()
-        )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def _new_certificate(name: str) -> tuple[bytes, bytes]:
@@ -252,6 +143,8 @@ class ShareHome:
         self.path = Path(path) if path is not None else default_home()
         self._lock = threading.RLock()
         self._checked = False
+        #: The pinned peers and what each may do (``peers.json``).
+        self.trust = TrustStore(self)
 
     def ensure(self) -> None:
         """Create the home (0700, missing parents too) if needed, and check it."""
@@ -278,7 +171,7 @@ class ShareHome:
                 return
             if not stat.S_ISDIR(info.st_mode):
                 raise ShareHomeError(f"{self.path} is not a directory")
-            _check_owner(self.path, info)
+            check_owner(self.path, info)
             mode = stat.S_IMODE(info.st_mode)
             if mode & 0o022:
                 who = "others" if mode & 0o002 else "its group"
@@ -298,11 +191,12 @@ class ShareHome:
         self.check()
         return self.path / "events.log"
 
-    def _read_json(self, name: str) -> dict[str, Any]:
+    def read_json(self, name: str) -> dict[str, Any]:
+        """A JSON object file of the home ({} if missing); damaged is an error."""
         self.check()
         path = self.path / name
         try:
-            data = json.loads(_read_private(path))
+            data = json.loads(read_private(path))
         except FileNotFoundError:
             return {}
         except ValueError as exc:
@@ -311,9 +205,10 @@ class ShareHome:
             raise ShareHomeError(f"{path} is damaged (not a JSON object); refusing to guess")
         return data
 
-    def _write_json(self, name: str, data: dict[str, Any]) -> None:
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        """Replace a JSON file of the home atomically (mode 0600)."""
         self.ensure()
-        _write_atomic(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
+        write_atomic(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
 
     # -- identity ----------------------------------------------------------------
 
@@ -326,98 +221,28 @@ class ShareHome:
                 self.ensure()
                 label = name or f"vsc-share {socket.gethostname()}"
                 key_pem, cert_der = _new_certificate(label)
-                _write_atomic(key_path, key_pem)
+                write_atomic(key_path, key_pem)
                 cert_pem = x509.load_der_x509_certificate(cert_der).public_bytes(
                     serialization.Encoding.PEM
                 )
-                _write_atomic(cert_path, cert_pem)
+                write_atomic(cert_path, cert_pem)
             os.close(open_private(key_path, os.O_RDONLY))  # ssl reads it by name
-            pem = _read_private(cert_path)
+            pem = read_private(cert_path)
         der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
         return Identity(key_path, cert_path, der)
 
     def own_peer(self) -> Peer:
-        """This machine's identity as a :class:`Peer` (the local CLI pins its own service)."""
+        """This machine's identity as a service :class:`Peer` (the local CLI and its service)."""
         identity = self.identity()
-        return Peer(identity.fingerprint, identity.certificate, "this machine", "")
-
-    # -- pinned peers --------------------------------------------------------------
-
-    def peers(self) -> list[Peer]:
-        with self._lock:
-            entries = self._read_json("peers.json").get("peers", [])
-        return [
-            Peer(
-                fingerprint=bytes.fromhex(entry["fingerprint"]),
-                certificate=bytes.fromhex(entry["certificate"]),
-                name=str(entry.get("name", "")),
-                paired_at=str(entry.get("paired_at", "")),
-                address=str(entry.get("address", "")),
-            )
-            for entry in entries
-        ]
-
-    def peers_mtime(self) -> float:
-        """Changes when peers.json changes (to reload TLS trust)."""
-        try:
-            return (self.path / "peers.json").lstat().st_mtime_ns / 1e9
-        except FileNotFoundError:
-            return 0.0
-
-    def find_peer(self, value: bytes) -> Peer | None:
-        for peer in self.peers():
-            if peer.fingerprint == value:
-                return peer
-        return None
-
-    def pin(self, certificate: bytes, name: str, address: str = "") -> Peer:
-        """Pin a peer's certificate (replacing an older pin of the same certificate)."""
-        peer = Peer(
-            fingerprint=fingerprint(certificate),
-            certificate=certificate,
-            name=name,
-            paired_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            address=address,
-        )
-        with self._lock:
-            kept = [p for p in self.peers() if p.fingerprint != peer.fingerprint]
-            self._save_peers([*kept, peer])
-        return peer
-
-    def unpin(self, prefix: str) -> list[Peer]:
-        """Forget the peers whose fingerprint (hex, colons ignored) starts with ``prefix``."""
-        wanted = prefix.replace(":", "").lower()
-        if not wanted:
-            raise ValueError("empty fingerprint prefix")
-        with self._lock:
-            peers = self.peers()
-            gone = [p for p in peers if p.fingerprint.hex().startswith(wanted)]
-            self._save_peers([p for p in peers if p not in gone])
-        return gone
-
-    def _save_peers(self, peers: list[Peer]) -> None:
-        self._write_json(
-            "peers.json",
-            {
-                "peers": [
-                    {
-                        "fingerprint": p.fingerprint.hex(),
-                        "name": p.name,
-                        "paired_at": p.paired_at,
-                        "address": p.address,
-                        "certificate": p.certificate.hex(),
-                    }
-                    for p in peers
-                ]
-            },
-        )
+        grants = {PeerRole.SERVICE: Grant("", "")}
+        return Peer(identity.fingerprint, identity.certificate, "this machine", grants)
 
     # -- stable reader names -------------------------------------------------------------
 
     def reader_names(self) -> dict[str, str]:
         """PC/SC name -> stable name, as persisted."""
         with self._lock:
-            names = self._read_json("readers.json").get("readers", {})
+            names = self.read_json("readers.json").get("readers", {})
         return {str(k): str(v) for k, v in names.items()}
 
     def name_readers(self, pcsc_names: list[str]) -> dict[str, str]:
@@ -431,7 +256,7 @@ class ShareHome:
                 used.add(number)
                 names[pcsc_name] = f"{_READER_PREFIX}{number}"
             if new:
-                self._write_json("readers.json", {"readers": names})
+                self.write_json("readers.json", {"readers": names})
         return {n: names[n] for n in pcsc_names}
 
     # -- the pending pairing code ----------------------------------------------------------
@@ -440,13 +265,13 @@ class ShareHome:
         """Store a one-time pairing code; returns its expiry (epoch seconds)."""
         expires = time.time() + lifetime
         with self._lock:
-            self._write_json("pairing.json", {"code": code, "expires": expires})
+            self.write_json("pairing.json", {"code": code, "expires": expires})
         return expires
 
     def take_pairing_code(self) -> str | None:
         """The pending code, consumed (one attempt per code); None if none or expired."""
         with self._lock:
-            data = self._read_json("pairing.json")
+            data = self.read_json("pairing.json")
             with contextlib.suppress(FileNotFoundError):
                 (self.path / "pairing.json").unlink()
         code, expires = data.get("code"), data.get("expires")
@@ -457,7 +282,7 @@ class ShareHome:
     # -- the running service's address, for the local CLI ----------------------------------
 
     def record_service(self, host: str, port: int) -> None:
-        self._write_json("service.json", {"host": host, "port": port, "pid": os.getpid()})
+        self.write_json("service.json", {"host": host, "port": port, "pid": os.getpid()})
 
     def forget_service(self) -> None:
         self.check()
@@ -466,7 +291,7 @@ class ShareHome:
 
     def service_address(self) -> tuple[str, int] | None:
         """Where this machine's service listens (a wildcard address read as loopback)."""
-        data = self._read_json("service.json")
+        data = self.read_json("service.json")
         host, port = data.get("host"), data.get("port")
         if not isinstance(host, str) or not isinstance(port, int):
             return None

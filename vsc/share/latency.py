@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from .home import ShareHome
 from .protocol import ShareMode
+from .trust import PeerRole
 
 __all__ = ["LatencyStats", "RelayLatency", "measure_relay_latency"]
 
@@ -152,8 +153,9 @@ def measure_relay_latency(
 
 def _paired_homes(workdir: Path) -> tuple[ShareHome, ShareHome]:
     service_home, endpoint_home = ShareHome(workdir / "service"), ShareHome(workdir / "endpoint")
-    service_home.pin(endpoint_home.identity().certificate, "latency endpoint")
-    endpoint_home.pin(service_home.identity().certificate, "latency service")
+    endpoint_certificate = endpoint_home.identity().certificate
+    service_home.trust.pin(endpoint_certificate, "latency endpoint", PeerRole.ENDPOINT)
+    endpoint_home.trust.pin(service_home.identity().certificate, "latency", PeerRole.SERVICE)
     return service_home, endpoint_home
 
 

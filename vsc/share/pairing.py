@@ -41,8 +41,8 @@ from typing import Final
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .home import fingerprint
 from .protocol import NONCE_SIZE, PairChallenge, PairProof, PairRequest
+from .trust import fingerprint
 
 __all__ = [
     "CODE_LENGTH",

@@ -32,12 +32,13 @@ import time
 from typing import Final
 
 from .broker import Broker, Change, ChangeKind, Lease
-from .events import REASON_TEXT, EventKind, EventLog
+from .events import REASON_TEXT, EventKind, EventLog, record_migration
 from .handler import EndLease, LinkHandler, short
 from .home import ShareHome
 from .pcsc import PcscBackend, PcscError, ReaderBackend, ReaderMonitor, Snapshot
 from .protocol import DEFAULT_PORT, EndReason
 from .tls import server_context
+from .trust import PeerRole
 
 __all__ = ["DEFAULT_PORT", "REASON_TEXT", "ShareService"]
 
@@ -72,6 +73,7 @@ class ShareService:
         self.identity = home.identity()
         self.name = name or socket.gethostname()
         self.events = EventLog(home.events_path, "service")
+        record_migration(self.events, home.trust)
         self.broker = Broker(home.name_readers)
         self.broker.remember(home.reader_names())
         self._stop = threading.Event()
@@ -175,9 +177,12 @@ class ShareService:
     def tls_context(self) -> ssl.SSLContext:
         """The server context, rebuilt when the pinned peers change."""
         with self._lock:
-            stamp = self.home.peers_mtime()
+            stamp = self.home.trust.mtime()
             if self._context is None or stamp != self._context_stamp:
-                trusted = "".join([self.identity.pem, *(p.pem for p in self.home.peers())])
+                # Every pinned peer passes TLS, so that one paired for the other direction
+                # only is refused by name (and logged) by its link, not by a bare alert.
+                anchors = self.home.trust.anchors(PeerRole.ENDPOINT, PeerRole.SERVICE)
+                trusted = self.identity.pem + anchors
                 self._context = server_context(self.identity, trusted)
                 self._context_stamp = stamp
             return self._context

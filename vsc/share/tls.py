@@ -18,7 +18,8 @@ from __future__ import annotations
 import socket
 import ssl
 
-from .home import Identity, fingerprint
+from .home import Identity
+from .trust import fingerprint
 
 __all__ = ["client_context", "pairing_context", "peer_certificate", "server_context"]
 
