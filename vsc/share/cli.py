@@ -312,7 +312,7 @@ def _peers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_peers_json(home, peers), indent=2))
         return EXIT_OK
-    print(f"This machine: {format_fingerprint(home.identity().fingerprint)}")
+    print(f"this machine  {format_fingerprint(home.identity().fingerprint)}")
     sections = [
         (PeerRole.SERVICE, "Services this machine may attach readers from (--from NAME):"),
         (PeerRole.ENDPOINT, "Endpoints that may use this machine's readers:"),
