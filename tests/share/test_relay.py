@@ -8,6 +8,7 @@ two real pcscd instances.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -72,6 +73,7 @@ class Relay:
         mode: ShareMode = ShareMode.EXCLUSIVE,
         address: tuple[str, int] | None = None,
         home: ShareHome | None = None,
+        **options: float,
     ) -> tuple[Endpoint, Callable[[], Outcome]]:
         """Start an endpoint in a thread; returns it and a bounded ``result()``."""
         endpoint = Endpoint(
@@ -82,6 +84,7 @@ class Relay:
             mode=mode,
             vpcd=vpcd.address,
             backoff=Backoff(0.05, 0.2),
+            **options,  # type: ignore[arg-type]
         )
         outcomes: list[Outcome] = []
         thread = threading.Thread(target=lambda: outcomes.append(endpoint.run()), daemon=True)
@@ -316,6 +319,47 @@ def test_a_lost_link_reattaches(relay: Relay, vpcd: FakeVpcd) -> None:
         assert proxy.accepted == 2
         kinds = [e["event"] for e in relay.events(relay.endpoint_home)]
         assert kinds == ["attached", "link-lost", "attached"]
+        assert endpoint.present
+    finally:
+        proxy.close()
+
+
+def test_keepalive_holds_a_quiet_link_and_a_dead_network_is_noticed_both_ways(
+    relay: Relay, vpcd: FakeVpcd
+) -> None:
+    """Short times here; the defaults (5 s keepalive, 20 s silence) are in docs/security.md."""
+    relay.service.limits = dataclasses.replace(relay.service.limits, peer_timeout=1.0)
+    proxy = TcpProxy(relay.service.address)
+    try:
+        endpoint, _ = relay.endpoint(
+            vpcd, address=proxy.address, keepalive=0.2, keepalive_timeout=0.6
+        )
+        vpcd.accept()
+        time.sleep(2.0)  # twice the service's limit, with nothing to relay: PINGs keep it
+        assert relay.state() is ReaderState.SHARED
+        assert [e["event"] for e in relay.events(relay.endpoint_home)] == ["attached"]
+
+        proxy.frozen.set()  # a dead network: nothing arrives either way, nothing is reset
+
+        def unshared() -> list[str]:
+            events = relay.events(relay.service_home)
+            return [e["reason"] for e in events if e["event"] == "unshared"]
+
+        relay.wait_for(lambda: bool(unshared()), "the service giving up on the endpoint")
+        assert unshared() == ["unresponsive"]
+        assert relay.state() is ReaderState.CARD_PRESENT  # the reader is free
+        relay.wait_for(
+            lambda: "link-lost" in [e["event"] for e in relay.events(relay.endpoint_home)],
+            "the endpoint noticing",
+        )
+        lost = next(e for e in relay.events(relay.endpoint_home) if e["event"] == "link-lost")
+        assert "keepalive" in lost["message"]
+        vpcd.wait_closed()  # the remote side shows the reader empty meanwhile
+
+        proxy.frozen.clear()  # the network is back: the endpoint attaches again
+        vpcd.accept(timeout=TIMEOUT)
+        vpcd.power_on()
+        assert vpcd.transmit(ECHO) == b"ABC\x90\x00"
         assert endpoint.present
     finally:
         proxy.close()

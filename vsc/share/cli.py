@@ -45,10 +45,11 @@ from .client import (
     resolve_service,
 )
 from .endpoint import DEFAULT_VPCD, Endpoint
+from .events import STATE_TEXT
 from .home import ShareHome, ShareHomeError
 from .pairing import PairingError, new_code, normalize_code
-from .protocol import DEFAULT_PORT, EndReason, ReaderInfo, ReaderState, ShareMode
-from .service import ShareService
+from .protocol import DEFAULT_PORT, EndReason, ReaderInfo, ShareMode
+from .service import DEFAULT_HOST, ShareService, is_loopback
 from .trust import ROLE_TEXT, Peer, PeerRole, format_fingerprint
 
 if TYPE_CHECKING:
@@ -60,13 +61,6 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_REFUSED: Final = 3
 PAIRING_LIFETIME: Final = 600.0
-
-_STATE_TEXT: Final = {
-    ReaderState.NO_CARD: "no card",
-    ReaderState.CARD_PRESENT: "card present",
-    ReaderState.SHARED: "shared in session {session}",
-    ReaderState.UNAVAILABLE: "not connected",
-}
 
 
 def register(subparsers: Subparsers) -> None:
@@ -88,9 +82,11 @@ def register(subparsers: Subparsers) -> None:
     serve = verbs.add_parser("serve", parents=[home], help="run the share service (reader side)")
     serve.add_argument(
         "--listen",
-        default=f"0.0.0.0:{DEFAULT_PORT}",
+        default=f"{DEFAULT_HOST}:{DEFAULT_PORT}",
         metavar="HOST[:PORT]",
-        help="address to listen on (default %(default)s; port 0: any free port)",
+        help="address to listen on (default %(default)s: this machine only; other machines "
+        "reach the service only on an address named here, e.g. 0.0.0.0 for every interface; "
+        "port 0: any free port)",
     )
     serve.add_argument("--name", help="the name peers see (default: the host name)")
     serve.add_argument(
@@ -276,8 +272,7 @@ def _pair(args: argparse.Namespace) -> int:
             return _fail("a code goes with --with HOST (the service to pair with)", 2)
         code = new_code()
         home.offer_pairing(code, PAIRING_LIFETIME)
-        where = home.service_address()
-        port = where[1] if where else DEFAULT_PORT
+        host, port = home.service_listen() or (DEFAULT_HOST, DEFAULT_PORT)
         print(f"Pairing code: {code}")
         print(f"Valid for {int(PAIRING_LIFETIME // 60)} minutes, for one attempt.")
         print(
@@ -287,6 +282,12 @@ def _pair(args: argparse.Namespace) -> int:
         print("On the remote machine, run:")
         print(f"  vsc share pair --with {socket.gethostname()}:{port} {code}")
         print(f"This machine's certificate: {format_fingerprint(identity.fingerprint)}")
+        if is_loopback(host):
+            print(
+                f"Note: the service listens on {host}, this machine only. For another machine "
+                "to reach it, run it on an address it can reach: vsc share serve --listen "
+                "ADDRESS (0.0.0.0: every interface)."
+            )
         return EXIT_OK
     if args.code is None:
         return _fail("give the code the service printed: vsc share pair --with HOST CODE", 2)
@@ -406,7 +407,7 @@ def _list(args: argparse.Namespace) -> int:
     print(f"Readers of {name}:")
     width = max((len(r.name) for r in readers), default=0)
     for reader in readers:
-        state = _STATE_TEXT[reader.state].format(session=reader.session)
+        state = STATE_TEXT[reader.state].format(session=reader.session)
         print(f"  {reader.name:<{width}}  {state:<32}  {reader.pcsc_name}")
     if not readers:
         print("  (none)")

@@ -24,6 +24,12 @@ remote reader empty. When another application resets a shared card
 (CARD_RESET) the endpoint disconnects and reconnects, so remote applications
 see their card as removed and start over instead of trusting stale state.
 
+Keepalive: when the endpoint has sent nothing for ``keepalive`` seconds
+(:data:`~vsc.share.protocol.KEEPALIVE_INTERVAL`) it sends PING; the service
+takes four intervals of silence for a dead endpoint and frees the reader,
+and an unanswered PING (``keepalive_timeout``) is a lost link here, so a
+frozen service or a dead network is noticed within 15 s by default.
+
 One thread, one selector: the link, the vpcd socket and a wake-up pipe. vpcd
 is strict ping-pong, so while a request is on the link the endpoint stops
 reading vpcd; bytes vpcd sent meanwhile wait in the socket and keep their
@@ -67,6 +73,7 @@ from .home import ShareHome
 from .link import LinkClosed, LinkSocket
 from .masking import ApduTrace
 from .protocol import (
+    KEEPALIVE_INTERVAL,
     Atr,
     Attach,
     Attached,
@@ -79,6 +86,7 @@ from .protocol import (
     ErrorCode,
     Message,
     Ok,
+    Ping,
     PowerOff,
     PowerOn,
     Request,
@@ -100,6 +108,7 @@ _RECV_SIZE: Final = 0x10000 + 2
 _VPCD_CONNECT_TIMEOUT: Final = 2.0
 _END_TIMEOUT: Final = 3.0
 _REQUEST_TIMEOUT: Final = 30.0  # an APDU may take long (on-card RSA key generation)
+_PING: Final = object()  # what is waiting when the request on the link is a keepalive
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +157,8 @@ class Endpoint:
         frame_timeout: float = 5.0,
         request_timeout: float = _REQUEST_TIMEOUT,
         service: Peer | None = None,
+        keepalive: float = KEEPALIVE_INTERVAL,
+        keepalive_timeout: float = 2 * KEEPALIVE_INTERVAL,
     ) -> None:
         self.home = home
         self.address = address
@@ -159,6 +170,8 @@ class Endpoint:
         self.backoff = backoff or Backoff()
         self.frame_timeout = frame_timeout
         self.request_timeout = request_timeout
+        self.keepalive = keepalive
+        self.keepalive_timeout = keepalive_timeout
         self.instance = new_instance()
         self.events = EventLog(home.events_path, "endpoint")
         record_migration(self.events, home.trust)
@@ -283,6 +296,7 @@ class Endpoint:
             mode=mode,
         )
         self._attached.set()
+        self._sent_at = time.monotonic()
         self._vpcd_retry_at = 0.0
         self._vpcd_delay = self.backoff.initial
         return session
@@ -328,8 +342,15 @@ class Endpoint:
             # vpcd may have sent more behind the event just answered (GET ATR after POWER ON).
             self._pump_vpcd(link)
             now = time.monotonic()
-            if self._waiting is not None and now > self._sent_at + self.request_timeout:
+            if self._waiting is not None and now > self._reply_deadline():
+                if self._waiting is _PING:
+                    raise _LinkLost(f"no answer to a keepalive within {self.keepalive_timeout:g} s")
                 raise _LinkLost("the service did not answer in time")
+            if self._waiting is None and now >= self._sent_at + self.keepalive:
+                try:
+                    self._request(link, Ping(), _PING)
+                except LinkClosed as exc:
+                    raise _LinkLost(str(exc)) from None
             vpcd = self._vpcd
             if vpcd is not None and any(key.fileobj is vpcd for key, _ in ready):
                 self._read_vpcd(link)
@@ -340,17 +361,28 @@ class Endpoint:
     def _vpcd_stalled(self, now: float) -> bool:
         return self._vpcd_codec.in_frame and now > self._vpcd_last_data + self.frame_timeout
 
-    def _timeout(self) -> float | None:
+    def _timeout(self) -> float:
         deadlines = []
         if self.present and self._vpcd is None:
             deadlines.append(self._vpcd_retry_at)
         if self._vpcd is not None and self._vpcd_codec.in_frame:
             deadlines.append(self._vpcd_last_data + self.frame_timeout)
         if self._waiting is not None:
-            deadlines.append(self._sent_at + self.request_timeout)
-        if not deadlines:
-            return None
+            deadlines.append(self._reply_deadline())
+        else:
+            deadlines.append(self._sent_at + self.keepalive)
         return max(0.0, min(deadlines) - time.monotonic())
+
+    def _reply_deadline(self) -> float:
+        timeout = self.keepalive_timeout if self._waiting is _PING else self.request_timeout
+        return self._sent_at + timeout
+
+    def _request(self, link: LinkSocket, request: Request, waiting: object) -> None:
+        """Put ``request`` on the link; ``waiting`` is what its reply answers."""
+        self._waiting = waiting
+        self._waiting_on = self._vpcd_generation
+        self._sent_at = time.monotonic()
+        link.send(request)
 
     def _drain_wake(self) -> None:
         self._wake_r.setblocking(False)
@@ -529,11 +561,8 @@ class Endpoint:
                     self._close_vpcd()
                     self._vpcd_retry_at = time.monotonic() + self._vpcd_delay
             if request is not None:
-                self._waiting = event
-                self._waiting_on = self._vpcd_generation
-                self._sent_at = time.monotonic()
                 try:
-                    link.send(request)
+                    self._request(link, request, event)
                 except LinkClosed as exc:
                     if isinstance(event, Command):
                         self._send_vpcd(_SW_UNKNOWN)

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from .files import open_private
-from .protocol import EndReason
+from .protocol import EndReason, ReaderState
 from .trust import TrustStore
 
-__all__ = ["REASON_TEXT", "EventKind", "EventLog", "read_events", "record_migration"]
+__all__ = ["REASON_TEXT", "STATE_TEXT", "EventKind", "EventLog", "read_events", "record_migration"]
 
 logger = logging.getLogger("vsc.share.events")
 
@@ -49,6 +49,14 @@ class EventKind(Enum):
     TRUST_MIGRATED = "trust-migrated"  # an old peers.json got one direction per pin
 
 
+#: How people are told a reader's state (listings, the serving line).
+STATE_TEXT: Final = {
+    ReaderState.NO_CARD: "no card",
+    ReaderState.CARD_PRESENT: "card present",
+    ReaderState.SHARED: "shared in session {session}",
+    ReaderState.UNAVAILABLE: "not connected",
+}
+
 #: How an event message says why a share ended.
 REASON_TEXT: Final = {
     EndReason.UNKNOWN: "for an unknown reason",
@@ -58,6 +66,7 @@ REASON_TEXT: Final = {
     EndReason.SHUTDOWN: "stopped",
     EndReason.CONNECTION_LOST: "the link was lost",
     EndReason.READER_GONE: "the reader was removed",
+    EndReason.UNRESPONSIVE: "the peer stopped answering",
 }
 
 

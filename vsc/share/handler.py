@@ -5,11 +5,17 @@ Theory of operation
 The service (:mod:`vsc.share.service`) gives each accepted connection a
 :class:`LinkHandler` and its own thread.
 
-* **Handshake.** It decides what the link may do: a pinned peer's
+* **Handshake.** It decides what the link may do: a pinned endpoint's
   certificate -> a remote session; the service's own certificate -> the
   local user's CLI (may detach anything); no certificate -> pairing only (and
-  only while a code is pending, and closed after 30 s idle). Any other
-  certificate fails the handshake.
+  only while a code is pending); a peer pinned for the other direction only
+  -> refused by name at its first request. Any other certificate fails the
+  handshake. Until it is authenticated the link is in the service's pending
+  pool, where a flood of newcomers may evict it (:mod:`.limits`).
+* **Deadlines.** Every wait is bounded as a whole (:class:`~.limits.Limits`):
+  the handshake, the first message, a pairing, an idle session, and the
+  silence of an attached endpoint, whose keepalive (PING) proves it alive;
+  a frozen or vanished endpoint frees its reader when its silence runs out.
 * **Requests.** A session says HELLO (its name and its endpoint's instance),
   may LIST_READERS and ATTACH one reader (attaching a reader its own session
   holds moves the share to this link: that endpoint restarted, or its old
@@ -44,7 +50,7 @@ from cryptography import x509
 from .broker import Change, ChangeKind, InUse, Lease, SessionKey, UnknownReader
 from .events import EventKind
 from .holder import CardHolder
-from .link import LinkClosed, LinkSocket
+from .link import LinkClosed, LinkSocket, handshake
 from .masking import ApduTrace
 from .pairing import PairingError, PairingServer
 from .pcsc import LocallyBusy
@@ -68,6 +74,7 @@ from .protocol import (
     Paired,
     PairProof,
     PairRequest,
+    Ping,
     Readers,
     Reply,
     Role,
@@ -83,9 +90,7 @@ __all__ = ["EndLease", "LinkHandler", "Notice", "short"]
 
 log = logging.getLogger(__name__)
 
-_HANDSHAKE_TIMEOUT: Final = 10.0
 _SEND_TIMEOUT: Final = 10.0
-_PAIRING_IDLE: Final = 30.0
 
 
 def short(value: bytes) -> str:
@@ -132,9 +137,18 @@ class LinkHandler:
         # The attachment (at most one per link) and its card.
         self.lease: Lease | None = None
         self.holder: CardHolder | None = None
-        self.idle_deadline: float | None = None  # unauthenticated links must pair promptly
         self.refusal = ""  # a pinned peer without the endpoint role: why it is refused
         self.trace = ApduTrace(address)
+        # Deadlines (monotonic): accepted, handshake done, last message in or reply out.
+        self.accepted_at = time.monotonic()
+        self.ready_at = 0.0
+        self.last_heard = 0.0
+        self.heard = False
+        self.evicted = False
+        # The socket another thread may shut down (eviction), never after we closed it.
+        self._sock: socket.socket | None = sock
+        self._sock_lock = threading.Lock()
+        self._closed = False
 
     # -- called from other threads ----------------------------------------------------------
 
@@ -145,6 +159,15 @@ class LinkHandler:
     def wake(self) -> None:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
+
+    def evict(self) -> None:
+        """End this connection from another thread: the pending pool needs its place."""
+        with self._sock_lock:
+            self.evicted = True
+            if self._sock is not None and not self._closed:
+                with contextlib.suppress(OSError):
+                    # The plain socket's shutdown(2): wakes our thread, leaves TLS state alone.
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -163,19 +186,29 @@ class LinkHandler:
 
     def _handshake(self) -> LinkSocket | None:
         service = self.service
-        tls: ssl.SSLSocket | None = None
+        limits = service.limits
         try:
             tune(self.raw)
             tls = service.tls_context().wrap_socket(
                 self.raw, server_side=True, do_handshake_on_connect=False
             )
-            tls.settimeout(_HANDSHAKE_TIMEOUT)
-            tls.do_handshake()
         except (OSError, ssl.SSLError) as exc:
-            if tls is not None:  # it owns the descriptor now
-                tls.close()
-            self._refuse(f"TLS handshake failed: {exc}")
+            self._refuse(f"TLS failed: {exc}")
             return None
+        with self._sock_lock:
+            self._sock = tls  # it owns the descriptor now
+            if self.evicted:
+                return None
+        try:
+            handshake(tls, self.accepted_at + limits.handshake)
+        except TimeoutError:
+            self._refuse(f"TLS handshake not done within {limits.handshake:g} s")
+            return None
+        except (OSError, ssl.SSLError) as exc:
+            if not self.evicted:
+                self._refuse(f"TLS handshake failed: {exc}")
+            return None
+        self.ready_at = time.monotonic()
         certificate = peer_certificate(tls)
         if certificate is not None:
             self.peer = fingerprint(certificate)
@@ -184,7 +217,6 @@ class LinkHandler:
             if not self.admin and peer is None:
                 # Unpinned since the context was built (vsc share unpair): refuse.
                 self._refuse(f"certificate {short(self.peer)} is not paired")
-                tls.close()
                 return None
             if peer is not None and not peer.may(PeerRole.ENDPOINT):
                 # Pinned for the other direction only: it may not use our readers. Say so
@@ -198,13 +230,18 @@ class LinkHandler:
                     f"{peer.describe()} is paired as {granted}, not as an endpoint that may "
                     "use this machine's readers"
                 )
+            elif (full := service.admission.promote(self, self.peer)) is not None:
+                self._refuse(f"{short(self.peer)}: {full}")
+                with contextlib.suppress(LinkClosed):
+                    LinkSocket(tls, Role.SERVICE).send(
+                        Error(ErrorCode.NOT_AUTHORIZED, f"{service.name}: {full}"), _SEND_TIMEOUT
+                    )
+                return None
         log.debug("%s: TLS %s, peer %s", self.address, tls.version(), short(self.peer) or "none")
-        if not self.peer:
-            self.idle_deadline = time.monotonic() + _PAIRING_IDLE
         return LinkSocket(tls, Role.SERVICE)
 
     def _refuse(self, why: str) -> None:
-        self.service.events.record(EventKind.REFUSED, f"refused {self.address}: {why}")
+        self.service.refused(self.address, why)
 
     def _serve(self, link: LinkSocket) -> None:
         service = self.service
@@ -219,16 +256,20 @@ class LinkHandler:
                 for item in link.receive():
                     if isinstance(item, ConnectionClosed):
                         return
+                    self.heard = True
+                    self.last_heard = time.monotonic()
                     try:
                         reply = self._handle(item)
                     except _Refused as refusal:
                         link.send(Error(ErrorCode.NOT_AUTHORIZED, str(refusal)), _SEND_TIMEOUT)
                         return
                     link.send(reply, _SEND_TIMEOUT)
+                    self.last_heard = time.monotonic()  # silence counts from our reply
                     if self.pairing_over(reply):
                         return  # a pairing connection does one thing, once
-                if self.idle_deadline is not None and time.monotonic() > self.idle_deadline:
-                    self._refuse("unauthenticated link idle; closing it")
+                deadline, why = self._deadline()
+                if time.monotonic() >= deadline:
+                    self._expire(why, link)
                     return
                 self._run_timers(link)
             if self.lease is not None:
@@ -237,13 +278,40 @@ class LinkHandler:
     def pairing_over(self, reply: Reply) -> bool:
         return self.pairing_started and isinstance(reply, Paired | Error)
 
-    def _timeout(self) -> float | None:
-        deadlines = []
+    def _timeout(self) -> float:
+        deadlines = [self._deadline()[0]]
         if self.holder is not None and (deadline := self.holder.deadline()) is not None:
             deadlines.append(deadline)
-        if self.idle_deadline is not None:
-            deadlines.append(self.idle_deadline)
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _deadline(self) -> tuple[float, str]:
+        """When this link must have said something next, and what it failed to do then."""
+        limits = self.service.limits
+        if not self.heard:
+            return self.ready_at + limits.first_message, (
+                f"no complete first message within {limits.first_message:g} s"
+            )
+        if not self.peer:
+            return self.accepted_at + limits.pairing, (
+                f"pairing not done within {limits.pairing:g} s"
+            )
+        if self.lease is not None:
+            return self.last_heard + limits.peer_timeout, (
+                f"no keepalive or request for {limits.peer_timeout:g} s"
+            )
+        return self.last_heard + limits.session_idle, (
+            f"idle for {limits.session_idle:g} s without a reader attached"
+        )
+
+    def _expire(self, why: str, link: LinkSocket) -> None:
+        """A deadline passed: free the reader (a dead peer) or close the link; say why."""
+        if self.lease is not None:
+            log.warning("%s: %s; taking its peer for dead", self.address, why)
+            self._end(EndReason.UNRESPONSIVE, link)
+        elif self.key is not None:
+            log.info("%s: %s; closing", self.address, why)
+        else:
+            self._refuse(why)
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -267,11 +335,13 @@ class LinkHandler:
                 break
             if isinstance(notice, EndLease):
                 notice.done.set()
-        if self.link is not None:
-            self.link.close()
-        else:
-            with contextlib.suppress(OSError):
-                self.raw.close()
+        with self._sock_lock:
+            self._closed = True
+            if self.link is not None:
+                self.link.close()
+            elif self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.close()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
         self.service.forget(self)
@@ -297,6 +367,8 @@ class LinkHandler:
         if self.key is None:
             return Error(ErrorCode.PROTOCOL, "say HELLO first")
         match message:
+            case Ping():
+                return Ok()
             case ListReaders():
                 return Readers(self.service.broker.listing())
             case Attach():
@@ -339,7 +411,7 @@ class LinkHandler:
             certificate = self.pairing.verify(proof)
         except PairingError:
             return Error(ErrorCode.PAIRING_FAILED, "wrong pairing code")
-        host = self.address.rpartition(":")[0]
+        host = self.address.rpartition(":")[0].strip("[]")
         peer = service.home.trust.pin(certificate, self.pairing_name, PeerRole.ENDPOINT, host)
         self.paired = True
         service.events.record(

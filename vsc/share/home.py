@@ -289,12 +289,20 @@ class ShareHome:
         with contextlib.suppress(FileNotFoundError):
             (self.path / "service.json").unlink()
 
-    def service_address(self) -> tuple[str, int] | None:
-        """Where this machine's service listens (a wildcard address read as loopback)."""
+    def service_listen(self) -> tuple[str, int] | None:
+        """The address this machine's running service is bound to, if one runs."""
         data = self.read_json("service.json")
         host, port = data.get("host"), data.get("port")
         if not isinstance(host, str) or not isinstance(port, int):
             return None
+        return host, port
+
+    def service_address(self) -> tuple[str, int] | None:
+        """Where this machine's service listens (a wildcard address read as loopback)."""
+        listen = self.service_listen()
+        if listen is None:
+            return None
+        host, port = listen
         if host in ("", "0.0.0.0"):
             host = "127.0.0.1"
         elif host == "::":

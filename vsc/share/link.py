@@ -33,7 +33,7 @@ from .protocol import (
 )
 from .tls import tune
 
-__all__ = ["LinkClosed", "LinkSocket", "LinkTimeout", "connect_tls"]
+__all__ = ["LinkClosed", "LinkSocket", "LinkTimeout", "connect_tls", "handshake"]
 
 _RECV_SIZE: Final = 0x10000
 _FILL_BUDGET: Final = 4 * _RECV_SIZE
@@ -158,20 +158,44 @@ def _wait(sock: socket.socket, events: int, deadline: float | None) -> bool:
         return bool(selector.select(remaining))
 
 
+def handshake(tls: ssl.SSLSocket, deadline: float) -> None:
+    """Complete the TLS handshake by ``deadline`` (monotonic), however the bytes trickle in.
+
+    Leaves the socket non-blocking. Raises ``TimeoutError`` when time is up,
+    ``ssl.SSLError`` or ``OSError`` when the handshake fails.
+    """
+    tls.setblocking(False)
+    while True:
+        try:
+            tls.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            events = selectors.EVENT_READ
+        except ssl.SSLWantWriteError:
+            events = selectors.EVENT_WRITE
+        if not _wait(tls, events, deadline):
+            raise TimeoutError("the TLS handshake did not finish in time")
+
+
 def connect_tls(
     address: tuple[str, int],
     context: ssl.SSLContext,
     *,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> ssl.SSLSocket:
-    """Open TCP to ``address`` and complete the TLS handshake (blocking, bounded)."""
+    """Open TCP to ``address`` and complete the TLS handshake, all within ``timeout``."""
+    deadline = time.monotonic() + timeout
     raw = socket.create_connection(address, timeout=timeout)
     try:
         tune(raw)
         tls = context.wrap_socket(raw, server_side=False, do_handshake_on_connect=False)
-        tls.settimeout(timeout)
-        tls.do_handshake()
     except BaseException:
         raw.close()
+        raise
+    try:
+        handshake(tls, deadline)
+        tls.settimeout(timeout)
+    except BaseException:
+        tls.close()
         raise
     return tls

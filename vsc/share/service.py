@@ -5,11 +5,14 @@ Theory of operation
 ``vsc share serve`` runs one :class:`ShareService`: a TLS 1.3 listener, a
 PC/SC monitor thread, and one thread per connection.
 
-* **Listener.** Each accepted connection gets a
-  :class:`~vsc.share.handler.LinkHandler` in its own thread (at most
-  ``_MAX_CONNECTIONS`` at once): the handshake decides what it may do, then
-  it answers requests and holds at most one lease, whose card a
-  :class:`~vsc.share.holder.CardHolder` holds.
+* **Listener.** On loopback unless told otherwise (:data:`DEFAULT_HOST`).
+  Each accepted connection gets a :class:`~vsc.share.handler.LinkHandler` in
+  its own thread, admitted to the pending pool and promoted to the sessions
+  once it authenticates (:mod:`vsc.share.limits`: bounded pools, per-address
+  and per-peer caps, eviction of the pending); the handshake decides what it
+  may do, then it answers requests and holds at most one lease, whose card a
+  :class:`~vsc.share.holder.CardHolder` holds. Refusals are events, at most
+  :data:`_REFUSALS_PER_MINUTE` a minute per address (then counted).
 * **Monitor.** Waits for reader and card changes (``SCardGetStatusChange``),
   feeds them to the :class:`~vsc.share.broker.Broker` (stable names, states,
   leases) and tells the link holding a changed reader.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import selectors
 import socket
@@ -32,22 +36,25 @@ import time
 from typing import Final
 
 from .broker import Broker, Change, ChangeKind, Lease
-from .events import REASON_TEXT, EventKind, EventLog, record_migration
+from .events import REASON_TEXT, STATE_TEXT, EventKind, EventLog, record_migration
 from .handler import EndLease, LinkHandler, short
 from .home import ShareHome
+from .limits import Admission, Limits
 from .pcsc import PcscBackend, PcscError, ReaderBackend, ReaderMonitor, Snapshot
 from .protocol import DEFAULT_PORT, EndReason
 from .tls import server_context
 from .trust import PeerRole
 
-__all__ = ["DEFAULT_PORT", "REASON_TEXT", "ShareService"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "REASON_TEXT", "ShareService", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
+#: Where the service listens unless told: this machine only. Others are asked for by name.
+DEFAULT_HOST: Final = "127.0.0.1"
 _END_WAIT: Final = 5.0
 _MONITOR_INTERVAL: Final = 1.0
 _JOIN_TIMEOUT: Final = 10.0
-_MAX_CONNECTIONS: Final = 64
+_REFUSALS_PER_MINUTE: Final = 10
 
 
 class ShareService:
@@ -57,11 +64,12 @@ class ShareService:
         self,
         home: ShareHome,
         *,
-        host: str = "0.0.0.0",
+        host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         backend: ReaderBackend | None = None,
         transaction_idle: float = 0.3,
         name: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if transaction_idle <= 0:
             raise ValueError("transaction_idle must be positive")
@@ -70,6 +78,9 @@ class ShareService:
         self.port = port
         self.backend: ReaderBackend = backend if backend is not None else PcscBackend()
         self.transaction_idle = transaction_idle
+        self.limits = limits if limits is not None else Limits()
+        self.admission: Admission[LinkHandler] = Admission(self.limits)
+        self._refusals: dict[str, tuple[float, int, int]] = {}  # host -> (since, told, untold)
         self.identity = home.identity()
         self.name = name or socket.gethostname()
         self.events = EventLog(home.events_path, "service")
@@ -115,11 +126,15 @@ class ShareService:
             thread = threading.Thread(target=target, name=f"share-{label}", daemon=True)
             self._threads.append(thread)
             thread.start()
-        readers = ", ".join(f"{i.name} ({i.pcsc_name})" for i in self.broker.listing()) or "none"
+        readers = ", ".join(
+            f"{i.name} ({i.pcsc_name}): {STATE_TEXT[i.state].format(session=i.session)}"
+            for i in self.broker.listing()
+        )
+        reach = "this machine only" if is_loopback(self.host) else "open to other machines"
         self.events.record(
             EventKind.SERVING,
-            f"serving on {self.address[0]}:{self.port}, certificate "
-            f"{short(self.identity.fingerprint)}; readers: {readers}",
+            f"serving on {_show(self.address[0], self.port)} ({reach}), certificate "
+            f"{short(self.identity.fingerprint)}; readers: {readers or 'none'}",
             port=self.port,
         )
 
@@ -207,21 +222,39 @@ class ShareService:
                         log.error("accept: %s; pausing", exc)
                         self._stop.wait(0.5)
                     continue
-                self._spawn(sock, f"{address[0]}:{address[1]}")
+                self._spawn(sock, address)
 
-    def _spawn(self, sock: socket.socket, address: str) -> None:
+    def _spawn(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        host = str(address[0])
+        connection = LinkHandler(self, sock, _show(host, address[1]))
+        for evicted in self.admission.admit(connection, host):
+            evicted.evict()
+            self.refused(evicted.address, "evicted: too many unauthenticated connections")
         with self._lock:
-            if len(self._connections) >= _MAX_CONNECTIONS:
-                sock.close()
-                log.warning("refusing %s: too many connections", address)
-                return
-            connection = LinkHandler(self, sock, address)
             self._connections.add(connection)
         connection.thread.start()
 
     def forget(self, connection: LinkHandler) -> None:
+        self.admission.forget(connection)
         with self._lock:
             self._connections.discard(connection)
+
+    def refused(self, address: str, why: str) -> None:
+        """Record a refusal: an event, at most ``_REFUSALS_PER_MINUTE`` a minute per host."""
+        host = address.rpartition(":")[0].strip("[]")
+        now = time.monotonic()
+        with self._lock:
+            since, told, untold = self._refusals.get(host, (now, 0, 0))
+            if now - since >= 60.0:
+                since, told = now, 0
+            if told >= _REFUSALS_PER_MINUTE:
+                self._refusals[host] = (since, told, untold + 1)
+                return
+            self._refusals[host] = (since, told + 1, 0)
+            if len(self._refusals) > 4096:  # many addresses: forget the quiet ones
+                self._refusals = {h: v for h, v in self._refusals.items() if now - v[0] < 60.0}
+        more = f" ({untold} more refusals of {host} were not logged one by one)" if untold else ""
+        self.events.record(EventKind.REFUSED, f"refused {address}: {why}{more}")
 
     def _open_monitor(self) -> ReaderMonitor | None:
         try:
@@ -327,3 +360,17 @@ class ShareService:
             peer=short(lease.key.peer),
             reason=reason.name.lower(),
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a literal address or "localhost") reaches this machine only."""
+    if host.casefold() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -4,8 +4,10 @@
 relays every connection to ``target`` with one thread per direction. It keeps
 what it forwarded (per direction in :attr:`recorded`, per connection in
 :attr:`connections`), flips the last bit of the next chunk in a direction
-whose :attr:`armed` event is set, and :meth:`cut` resets every connection
-the way a dropped link does (RST, no TLS close_notify).
+whose :attr:`armed` event is set, :meth:`cut` resets every connection
+the way a dropped link does (RST, no TLS close_notify), and while
+:attr:`frozen` is set forwards nothing (a dead network: both ends' kernels
+still accept what is sent, nothing arrives).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class TcpProxy:
         self.connections: list[tuple[bytearray, bytearray]] = []
         self.armed = {UP: threading.Event(), DOWN: threading.Event()}
         self.flipped = {UP: 0, DOWN: 0}
+        self.frozen = threading.Event()
         self.accepted = 0
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._stop = threading.Event()
@@ -76,6 +79,9 @@ class TcpProxy:
         source.settimeout(0.1)
         with contextlib.suppress(OSError):
             while not self._stop.is_set():
+                if self.frozen.is_set():
+                    self._stop.wait(0.05)
+                    continue
                 try:
                     data = source.recv(65536)
                 except TimeoutError:

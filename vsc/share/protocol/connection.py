@@ -33,6 +33,7 @@ from .messages import (
     Paired,
     PairProof,
     PairRequest,
+    Ping,
     PowerOff,
     PowerOn,
     Readers,
@@ -60,6 +61,7 @@ REPLIES: Final[dict[type[Request], frozenset[type[Reply]]]] = {
     PowerOff: frozenset({Ok}),
     Reset: frozenset({Atr}),
     Transmit: frozenset({Response}),
+    Ping: frozenset({Ok}),
     PairRequest: frozenset({PairChallenge}),
     PairProof: frozenset({Paired}),
 }

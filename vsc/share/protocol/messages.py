@@ -56,6 +56,7 @@ __all__ = [
     "PairProof",
     "PairRequest",
     "Paired",
+    "Ping",
     "PowerOff",
     "PowerOn",
     "ReaderInfo",
@@ -173,6 +174,13 @@ class Transmit(_Message):
     TYPE: ClassVar[MessageType] = MessageType.TRANSMIT
     FIELDS = (("apdu", _APDU),)
     apdu: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(_Message):
+    """The endpoint's keepalive, sent when the link has been quiet: answered by OK."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PING
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +343,7 @@ Request: TypeAlias = (
     | PowerOff
     | Reset
     | Transmit
+    | Ping
     | PairRequest
     | PairProof
 )
@@ -354,6 +363,7 @@ REQUEST_TYPES: Final[tuple[type[Request], ...]] = (
     PowerOff,
     Reset,
     Transmit,
+    Ping,
     PairRequest,
     PairProof,
 )

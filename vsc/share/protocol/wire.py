@@ -14,6 +14,7 @@ __all__ = [
     "ATR_MAX",
     "DEFAULT_PORT",
     "INSTANCE_SIZE",
+    "KEEPALIVE_INTERVAL",
     "MAC_SIZE",
     "MAX_APDU",
     "MAX_FRAME",
@@ -29,7 +30,11 @@ __all__ = [
     "ShareMode",
 ]
 
-PROTOCOL_VERSION: Final = 1
+#: 2: PING (the endpoint's keepalive) and the UNRESPONSIVE end reason.
+PROTOCOL_VERSION: Final = 2
+#: An attached endpoint sends something (a request, else PING) at least this often, in
+#: seconds; the service takes a link silent four times as long for a dead peer.
+KEEPALIVE_INTERVAL: Final = 5.0
 #: The share service's TCP port unless told otherwise.
 DEFAULT_PORT: Final = 35990
 #: The largest frame (type byte + body) either side accepts.
@@ -67,6 +72,7 @@ class MessageType(IntEnum):
     POWER_OFF = 0x07
     RESET = 0x08
     TRANSMIT = 0x09
+    PING = 0x0A
     PAIR_REQUEST = 0x10
     PAIR_PROOF = 0x11
     WELCOME = 0x81
@@ -109,6 +115,7 @@ class EndReason(IntEnum):
     SHUTDOWN = 4  # the service or the endpoint is stopping
     CONNECTION_LOST = 5  # the link dropped (never sent on the wire)
     READER_GONE = 6  # the reader was unplugged
+    UNRESPONSIVE = 7  # the peer stopped answering (keepalive; never sent on the wire)
 
     @classmethod
     def _missing_(cls, value: object) -> EndReason:
