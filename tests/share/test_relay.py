@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from applets.piv import PivApplet
+from vsc.card import Card
 from vsc.share import client
 from vsc.share.client import Refused, ShareError, open_session
 from vsc.share.endpoint import Backoff, Endpoint, Outcome
@@ -547,3 +549,75 @@ def test_requests_follow_the_session_rules(relay: Relay) -> None:
     finally:
         link.close()
     relay.wait_for(lambda: relay.state() is ReaderState.CARD_PRESENT, "the lost link to free it")
+
+
+# --- shared mode: no reset, each side its own security state -------------------------------------
+
+SELECT_PIV = bytes.fromhex("00A4040005A000000308")
+VERIFY_PIN = bytes.fromhex("0020008008") + b"123456\xff\xff"
+PIN_STATUS = bytes.fromhex("0020008000")  # 9000: verified; 63Cx: not (x tries left)
+
+
+def piv_card(max_channels: int = 20) -> Card:
+    card = Card(max_channels=max_channels)
+    card.register(PivApplet(), default=True)
+    return card
+
+
+def shared_piv(relay: Relay, vpcd: FakeVpcd, card: Card) -> MemoryHandle:
+    """Reader 2 holds ``card``, attached in shared mode; a local application verified the PIN."""
+    relay.readers.insert(READER_2, card)
+    relay.wait_for(lambda: relay.state("Reader 2") is ReaderState.CARD_PRESENT, "the card")
+    local = MemoryHandle(relay.readers, READER_2, ShareMode.SHARED)
+    assert local.transmit(SELECT_PIV)[-2:] == b"\x90\x00"
+    assert local.transmit(VERIFY_PIN) == b"\x90\x00"
+    relay.endpoint(vpcd, "Reader 2", mode=ShareMode.SHARED)
+    vpcd.accept()
+    vpcd.power_on()
+    return local
+
+
+def test_shared_mode_never_resets_the_card_and_keeps_each_sides_pin(
+    relay: Relay, vpcd: FakeVpcd
+) -> None:
+    local = shared_piv(relay, vpcd, piv_card())
+    try:
+        slot = relay.readers.slots[READER_2]
+        assert vpcd.transmit(SELECT_PIV)[-2:] == b"\x90\x00"
+        assert vpcd.transmit(PIN_STATUS) == b"\x63\xc3"  # the local PIN is not the remote's
+        assert vpcd.transmit(VERIFY_PIN) == b"\x90\x00"
+
+        def power_cycle() -> None:
+            vpcd.power_off()
+            vpcd.power_on()
+
+        for restart in (vpcd.reset, power_cycle):
+            restart()  # what the remote pcscd does between its clients
+            assert vpcd.transmit(SELECT_PIV)[-2:] == b"\x90\x00"
+            assert vpcd.transmit(PIN_STATUS) == b"\x63\xc3"  # a clean start remotely...
+            assert local.transmit(PIN_STATUS) == b"\x90\x00"  # ...and nothing lost locally
+            assert vpcd.transmit(VERIFY_PIN) == b"\x90\x00"
+        assert slot.resets == 0
+        # The remote side has no channels of its own to manage.
+        assert vpcd.transmit(bytes.fromhex("0070000001")) == b"\x68\x81"
+        assert vpcd.transmit(bytes.fromhex("01A4040005A000000308")) == b"\x68\x81"
+        assert not [e for e in relay.events(relay.service_home) if e["event"] == "shared-state"]
+    finally:
+        local.close()
+
+
+def test_shared_mode_on_a_card_without_channels_shares_its_state_and_says_so(
+    relay: Relay, vpcd: FakeVpcd
+) -> None:
+    local = shared_piv(relay, vpcd, piv_card(max_channels=1))
+    try:
+        assert vpcd.transmit(SELECT_PIV)[-2:] == b"\x90\x00"
+        assert vpcd.transmit(PIN_STATUS) == b"\x90\x00"  # the card's one security state
+        vpcd.reset()
+        assert local.transmit(PIN_STATUS) == b"\x90\x00"  # still never reset under anyone
+        assert relay.readers.slots[READER_2].resets == 0
+        told = [e for e in relay.events(relay.service_home) if e["event"] == "shared-state"]
+        assert len(told) == 1 and told[0]["reader"] == "Reader 2", told
+        assert "exclusive mode" in told[0]["message"]
+    finally:
+        local.close()

@@ -149,7 +149,11 @@ def register(subparsers: Subparsers) -> None:
         choices=[m.name.lower() for m in ShareMode],
         default="exclusive",
         help="exclusive: local applications cannot use the card meanwhile (default); "
-        "shared: both sides use it, each burst of APDUs in a PC/SC transaction",
+        "shared: both sides use it, each burst of APDUs in a PC/SC transaction, and the card "
+        "is never reset under anyone; the remote session gets a logical channel of its own, "
+        "so neither side sees the PIN the other verified. On a card without logical channels "
+        "shared mode shares the card's security state (a PIN verified on one side counts on "
+        "the other): use exclusive mode to keep them apart",
     )
     attach.add_argument(
         "--session", default=None, help="this session's name (default: user@host[:session id])"

@@ -46,6 +46,7 @@ class EventKind(Enum):
     READER_ADDED = "reader-added"
     READER_REMOVED = "reader-removed"
     LINK_LOST = "link-lost"
+    SHARED_STATE = "shared-state"  # shared mode on a card without logical channels
     TRUST_MIGRATED = "trust-migrated"  # an old peers.json got one direction per pin
 
 

@@ -471,6 +471,13 @@ class LinkHandler:
             service.broker,
             self.trace,
             transaction_idle=service.transaction_idle,
+            shares_state=lambda message: service.events.record(
+                EventKind.SHARED_STATE,
+                message,
+                reader=lease.reader,
+                session=lease.session,
+                peer=short(lease.key.peer),
+            ),
         )
         service.own(lease, self)
         try:

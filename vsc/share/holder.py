@@ -15,10 +15,14 @@ and is driven by the link that holds the lease, from that link's thread.
   SCardEndTransaction; the transaction ends after ``transaction_idle``
   seconds without an APDU, or at a power event, so local applications get
   their turn between the remote user's command sequences.
-* **Power.** The remote reader's power on and reset become a cold
-  (exclusive) or warm (shared) reset of the real card when it was used since
-  its last reset, so the remote side's power cycle really clears the card's
-  volatile state (PIN verified, applet selected); power off only marks that.
+* **Power.** Exclusive mode: the remote reader's power on and reset become a
+  cold reset of the real card when it was used since its last reset, so the
+  remote side's power cycle really clears the card's volatile state (PIN
+  verified, applet selected); power off only marks that. Shared mode never
+  resets the card: the remote session works on a logical channel of its
+  own, which its power off, power on and reset close
+  (:mod:`~vsc.share.channels`); on a card without channels both sides share
+  the card's state, which is recorded once per connection.
 * **Another application's reset** (shared mode) is reported to the endpoint
   as CARD_RESET, so the remote side sees its card removed and starts over.
 """
@@ -28,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Final
 
+from . import channels
 from .broker import Broker, Lease
 from .masking import ApduTrace
 from .pcsc import (
@@ -74,8 +80,10 @@ class CardHolder:
         trace: ApduTrace,
         *,
         transaction_idle: float,
+        shares_state: Callable[[str], None] | None = None,
     ) -> None:
         self.lease = lease
+        self.shares_state = shares_state  # told when a card cannot keep the sides apart
         self.backend = backend
         self.trace = trace
         self.transaction_idle = transaction_idle
@@ -85,6 +93,9 @@ class CardHolder:
         self.in_transaction = False
         self.last_use = 0.0
         self.retry_at: float | None = None
+        # Shared mode: the remote session's logical channel; whether the card has them.
+        self.channel: int | None = None
+        self.isolated: bool | None = None
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -116,13 +127,17 @@ class CardHolder:
             return None
         self.fresh = True
         self.in_transaction = False
+        self.channel = self.isolated = None
         return self.card.atr
 
     def drop(self) -> None:
-        """Let go of the card (ending any transaction); the reader stays leased."""
+        """Let go of the card (closing our channel, ending any transaction); the lease stays."""
         card, self.card = self.card, None
         if card is None:
             return
+        if self.channel is not None:
+            with contextlib.suppress(PcscError):
+                self._close_channel(card)
         if self.in_transaction:
             with contextlib.suppress(PcscError):
                 card.end_transaction()
@@ -169,20 +184,17 @@ class CardHolder:
                 case PowerOn():
                     self._end_transaction()
                     self.trace.restart()
-                    if not self.fresh:
-                        cold = lease.mode is ShareMode.EXCLUSIVE
-                        card.reconnect(Disposition.UNPOWER_CARD if cold else Disposition.RESET_CARD)
-                        self.fresh = True
+                    self._restart(card, Disposition.UNPOWER_CARD)
                     return Atr(card.atr)
                 case PowerOff():
                     self._end_transaction()
+                    if lease.mode is ShareMode.SHARED:
+                        self._restart(card, Disposition.LEAVE_CARD)
                     return Ok()
                 case Reset():
                     self._end_transaction()
                     self.trace.restart()
-                    if not self.fresh:
-                        card.reconnect(Disposition.RESET_CARD)
-                        self.fresh = True
+                    self._restart(card, Disposition.RESET_CARD)
                     return Atr(card.atr)
         except CardGone:
             self.drop()
@@ -196,23 +208,69 @@ class CardHolder:
             with contextlib.suppress(PcscError):
                 card.reconnect(Disposition.LEAVE_CARD)
             self.fresh = True
+            self.channel = None  # a reset closes every channel
             return Error(ErrorCode.CARD_RESET, "another application reset the card")
         except PcscError as exc:
             log.warning("%s: %s", lease.reader, exc)
             return Error(ErrorCode.CARD_ERROR, str(exc))
         return Error(ErrorCode.PROTOCOL, f"unexpected {type(message).__name__}")
 
+    def _restart(self, card: CardHandle, disposition: Disposition) -> None:
+        """The remote side starts over: a clean card for it, if it used this one."""
+        if self.fresh:
+            return
+        if self.lease.mode is ShareMode.EXCLUSIVE:
+            card.reconnect(disposition)
+        elif self.channel is not None:
+            self._close_channel(card)  # never a reset: local applications keep theirs
+        self.fresh = True
+
     def _transmit(self, card: CardHandle, apdu: bytes) -> Reply:
-        if self.lease.mode is ShareMode.SHARED and not self.in_transaction:
-            card.begin_transaction()
-            self.in_transaction = True
+        sent = apdu
+        if self.lease.mode is ShareMode.SHARED:
+            if not self.in_transaction:
+                card.begin_transaction()
+                self.in_transaction = True
+            if self.channel is None and self.isolated is not False:
+                self._open_channel(card)
+            if self.channel is not None:
+                moved = channels.move(apdu, self.channel)
+                if moved is None:
+                    self.trace.exchange(apdu, channels.NO_CHANNEL)
+                    return Response(channels.NO_CHANNEL)
+                sent = moved
         self.fresh = False
-        response = card.transmit(apdu)
+        response = card.transmit(sent)
         self.last_use = time.monotonic()
         self.trace.exchange(apdu, response)
         if len(response) < 2:
             return Error(ErrorCode.CARD_ERROR, "the reader returned no status word")
         return Response(response)
+
+    def _open_channel(self, card: CardHandle) -> None:
+        response = card.transmit(channels.OPEN)
+        self.channel = channels.opened(response)
+        if self.channel is not None:
+            self.isolated = True
+            log.debug("%s: the remote session on channel %d", self.lease.reader, self.channel)
+            return
+        self.isolated = False
+        status = response[-2:].hex().upper() or "nothing"
+        message = (
+            f"{self.lease.reader}: the card opened no logical channel ({status}); in shared "
+            "mode both sides share its security state (a PIN verified on one side counts on "
+            "the other): attach in exclusive mode to keep them apart"
+        )
+        log.warning("%s", message)
+        if self.shares_state is not None:
+            self.shares_state(message)
+
+    def _close_channel(self, card: CardHandle) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            response = card.transmit(channels.close(channel))
+            if response[-2:] != b"\x90\x00":
+                log.debug("closing channel %d: %s", channel, response.hex())
 
     def _end_transaction(self) -> None:
         if self.in_transaction and self.card is not None:
