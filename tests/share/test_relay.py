@@ -23,6 +23,7 @@ import pytest
 from applets.piv import PivApplet
 from vsc.card import Card
 from vsc.share import client
+from vsc.share.broker import UnknownReader
 from vsc.share.client import Refused, ShareError, open_session
 from vsc.share.endpoint import Backoff, Endpoint, Outcome
 from vsc.share.events import read_events
@@ -235,6 +236,18 @@ def test_logout_is_recorded_on_both_sides(relay: Relay, vpcd: FakeVpcd) -> None:
     assert unshared[0]["message"] == (
         "Reader 1 unshared from session alice (the remote user logged out)"
     )
+    # Both sides name reader, peer, session and reason: each the other's fingerprint.
+    mine = [e for e in relay.events(relay.endpoint_home) if e["event"] == "unshared"]
+    assert [(e["reader"], e["session"], e["reason"]) for e in mine] == [
+        ("Reader 1", "alice", "logout")
+    ]
+    assert mine[0]["message"] == (
+        "Reader 1 of laptop unshared from session alice (the remote user logged out)"
+    )
+    service_fp = relay.service_home.identity().fingerprint.hex().upper()
+    endpoint_fp = relay.endpoint_home.identity().fingerprint.hex().upper()
+    assert service_fp.startswith(mine[0]["peer"].replace(":", ""))
+    assert endpoint_fp.startswith(unshared[0]["peer"].replace(":", ""))
 
 
 def test_an_endpoint_restart_ends_the_old_share(relay: Relay, vpcd: FakeVpcd) -> None:
@@ -388,14 +401,23 @@ def test_exclusive_mode_keeps_local_applications_out(relay: Relay, vpcd: FakeVpc
     MemoryHandle(relay.readers, READER_1, ShareMode.SHARED).close()
 
 
-def test_exclusive_attach_while_a_local_application_holds_the_card(
-    relay: Relay, vpcd: FakeVpcd
+@pytest.mark.parametrize(
+    ("local_mode", "mode", "hint"),
+    [
+        (ShareMode.SHARED, ShareMode.EXCLUSIVE, "or attach in shared mode"),
+        (ShareMode.EXCLUSIVE, ShareMode.EXCLUSIVE, "holds the card exclusively"),
+        (ShareMode.EXCLUSIVE, ShareMode.SHARED, "shared mode cannot help"),
+    ],
+)
+def test_an_attach_while_a_local_application_holds_the_card_says_what_may_help(
+    relay: Relay, vpcd: FakeVpcd, local_mode: ShareMode, mode: ShareMode, hint: str
 ) -> None:
-    local = MemoryHandle(relay.readers, READER_1, ShareMode.SHARED)
+    local = MemoryHandle(relay.readers, READER_1, local_mode)
     try:
-        _, result = relay.endpoint(vpcd)
+        _, result = relay.endpoint(vpcd, mode=mode)
         outcome = result()
         assert outcome.refused is ErrorCode.LOCALLY_BUSY
+        assert hint in outcome.message, outcome.message
         assert relay.state() is ReaderState.CARD_PRESENT
     finally:
         local.close()
@@ -444,7 +466,42 @@ def test_unknown_reader(relay: Relay, vpcd: FakeVpcd) -> None:
     _, result = relay.endpoint(vpcd, "Reader 7")
     outcome = result()
     assert outcome.refused is ErrorCode.UNKNOWN_READER
-    assert "no reader named 'Reader 7'" in outcome.message
+    assert "no reader named 'Reader 7' (readers: Reader 1, Reader 2)" in outcome.message
+
+
+def test_reader_names_in_any_case_and_unique_prefixes(relay: Relay, vpcd: FakeVpcd) -> None:
+    _, result = relay.endpoint(vpcd, "rea")
+    outcome = result()
+    assert outcome.refused is ErrorCode.UNKNOWN_READER
+    assert "'rea' could be any of: Reader 1, Reader 2" in outcome.message
+    relay.endpoint(vpcd, "READER 1")
+    vpcd.accept()
+    assert relay.state("Reader 1") is ReaderState.SHARED
+    broker = relay.service.broker
+    assert broker.resolve("virtual pcd 00 01") == "Reader 2"  # the PC/SC name too
+    assert broker.resolve("reader 2") == "Reader 2"
+    with pytest.raises(UnknownReader, match="could be any of: Reader 1, Reader 2"):
+        broker.resolve("virtual pcd 00 0")  # a prefix must be unique
+
+
+def test_other_peers_see_another_session_not_who(
+    tmp_path: Path, relay: Relay, vpcd: FakeVpcd
+) -> None:
+    relay.endpoint(vpcd, session="alice@desk")
+    vpcd.accept()
+    other = ShareHome(tmp_path / "other")
+    relay.service_home.trust.pin(other.identity().certificate, "other", PeerRole.ENDPOINT)
+    other.trust.pin(relay.service_home.identity().certificate, "service", PeerRole.SERVICE)
+
+    def sessions(home: ShareHome, local: bool = False) -> list[str]:
+        _, readers = client.list_readers(home, relay.service.address, local=local)
+        return [r.session for r in readers if r.state is ReaderState.SHARED]
+
+    assert sessions(other) == [""]  # shown as "shared in another session"
+    assert sessions(relay.endpoint_home) == ["alice@desk"]  # the holder's own peer
+    assert sessions(relay.service_home, local=True) == ["alice@desk"]  # the local user
+    shared = [e for e in relay.events(relay.service_home) if e["event"] == "shared"]
+    assert shared[0]["session"] == "alice@desk"  # the service's own log keeps the detail
 
 
 # --- authentication ------------------------------------------------------------------------------

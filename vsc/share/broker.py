@@ -165,6 +165,28 @@ class Broker:
 
     # -- leases ---------------------------------------------------------------------------
 
+    def resolve(self, reader: str) -> str:
+        """The stable name ``reader`` means: a stable or PC/SC name in any case, or the
+        unique start of one. Raises :class:`UnknownReader`, listing the candidates."""
+        wanted = reader.casefold()
+        with self._lock:
+            names = sorted(self._names, key=_order)
+            pcsc = self._names
+        for name in names:
+            if wanted in (name.casefold(), pcsc[name].casefold()):
+                return name
+        found = [
+            n
+            for n in names
+            if n.casefold().startswith(wanted) or pcsc[n].casefold().startswith(wanted)
+        ]
+        if len(found) == 1 and wanted:
+            return found[0]
+        if found and wanted:
+            raise UnknownReader(f"{reader!r} could be any of: {', '.join(found)}")
+        known = ", ".join(names) or "none"
+        raise UnknownReader(f"no reader named {reader!r} (readers: {known})")
+
     def attach(self, reader: str, key: SessionKey, mode: ShareMode, instance: bytes) -> Lease:
         """Lease ``reader`` to ``key``; raises :class:`InUse` or :class:`UnknownReader`."""
         with self._lock:

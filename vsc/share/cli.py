@@ -45,7 +45,7 @@ from .client import (
     resolve_service,
 )
 from .endpoint import DEFAULT_VPCD, Endpoint
-from .events import STATE_TEXT
+from .events import state_text
 from .home import ShareHome, ShareHomeError
 from .pairing import PairingError, new_code, normalize_code
 from .protocol import DEFAULT_PORT, EndReason, ReaderInfo, ShareMode
@@ -411,7 +411,7 @@ def _list(args: argparse.Namespace) -> int:
     print(f"Readers of {name}:")
     width = max((len(r.name) for r in readers), default=0)
     for reader in readers:
-        state = STATE_TEXT[reader.state].format(session=reader.session)
+        state = state_text(reader)
         print(f"  {reader.name:<{width}}  {state:<32}  {reader.pcsc_name}")
     if not readers:
         print("  (none)")

@@ -96,7 +96,7 @@ from .protocol import (
     Transmit,
 )
 from .protocol import ConnectionClosed as LinkEnd
-from .trust import Peer
+from .trust import Peer, format_fingerprint
 
 __all__ = ["DEFAULT_VPCD", "Backoff", "Endpoint", "Outcome"]
 
@@ -195,6 +195,7 @@ class Endpoint:
         self._vpcd_last_data = 0.0
         self._sent_at = 0.0
         self._service_name = ""
+        self._service_peer = ""  # its fingerprint, short: events name the peer
 
     # -- control ---------------------------------------------------------------------------
 
@@ -254,6 +255,7 @@ class Endpoint:
                     "is back",
                     reader=self.reader,
                     session=self.session,
+                    peer=self._service_peer,
                 )
                 continue
             finally:
@@ -285,6 +287,7 @@ class Endpoint:
             raise
         assert isinstance(reply, Attached)
         self._service_name = session.service_name
+        self._service_peer = format_fingerprint(session.service.fingerprint, 4)
         self.atr = reply.atr
         mode = self.mode.name.lower()
         self.events.record(
@@ -293,6 +296,7 @@ class Endpoint:
             f"({mode}; {'card present' if reply.atr else 'no card'})",
             reader=self.reader,
             session=self.session,
+            peer=self._service_peer,
             mode=mode,
         )
         self._attached.set()
@@ -303,11 +307,14 @@ class Endpoint:
 
     def _unshared(self, reason: EndReason) -> Outcome:
         message = f"{self.reader} unshared ({REASON_TEXT.get(reason, reason.name)})"
+        of = f" of {self._service_name}" if self._service_name else ""
         self.events.record(
             EventKind.UNSHARED,
-            message,
+            f"{self.reader}{of} unshared from session {self.session} "
+            f"({REASON_TEXT.get(reason, reason.name)})",
             reader=self.reader,
             session=self.session,
+            peer=self._service_peer,
             reason=reason.name.lower(),
         )
         return Outcome(reason, message)
@@ -434,7 +441,9 @@ class Endpoint:
             self._close_vpcd()
 
     def _record(self, kind: EventKind, message: str) -> None:
-        self.events.record(kind, message, reader=self.reader, session=self.session)
+        self.events.record(
+            kind, message, reader=self.reader, session=self.session, peer=self._service_peer
+        )
 
     def _on_reply(self, reply: Ok | Atr | Response | Error) -> None:
         waiting, self._waiting = self._waiting, None

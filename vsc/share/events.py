@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any, Final
 
 from .files import open_private
-from .protocol import EndReason, ReaderState
+from .protocol import EndReason, ReaderInfo, ReaderState
 from .trust import TrustStore
 
-__all__ = ["REASON_TEXT", "STATE_TEXT", "EventKind", "EventLog", "read_events", "record_migration"]
+__all__ = [
+    "REASON_TEXT",
+    "STATE_TEXT",
+    "EventKind",
+    "EventLog",
+    "read_events",
+    "record_migration",
+    "state_text",
+]
 
 logger = logging.getLogger("vsc.share.events")
 
@@ -57,6 +65,14 @@ STATE_TEXT: Final = {
     ReaderState.SHARED: "shared in session {session}",
     ReaderState.UNAVAILABLE: "not connected",
 }
+
+
+def state_text(info: ReaderInfo) -> str:
+    """A reader's state as people read it; a session not shown to us is "another session"."""
+    if info.state is ReaderState.SHARED and not info.session:
+        return "shared in another session"
+    return STATE_TEXT[info.state].format(session=info.session)
+
 
 #: How an event message says why a share ended.
 REASON_TEXT: Final = {

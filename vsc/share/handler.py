@@ -53,7 +53,7 @@ from .holder import CardHolder
 from .link import LinkClosed, LinkSocket, handshake
 from .masking import ApduTrace
 from .pairing import PairingError, PairingServer
-from .pcsc import LocallyBusy
+from .pcsc import LocallyBusy, PcscError
 from .protocol import (
     PROTOCOL_VERSION,
     Attach,
@@ -75,9 +75,12 @@ from .protocol import (
     PairProof,
     PairRequest,
     Ping,
+    ReaderInfo,
     Readers,
+    ReaderState,
     Reply,
     Role,
+    ShareMode,
     Welcome,
 )
 from .tls import peer_certificate, tune
@@ -370,7 +373,7 @@ class LinkHandler:
             case Ping():
                 return Ok()
             case ListReaders():
-                return Readers(self.service.broker.listing())
+                return Readers(self._listing())
             case Attach():
                 return self._attach(message)
             case End(reason):
@@ -439,7 +442,10 @@ class LinkHandler:
     def _detach(self, detach: Detach) -> Reply:
         service = self.service
         peer = None if self.admin else self.peer
-        leases = service.broker.leases(peer=peer, session=detach.session, reader=detach.reader)
+        reader = detach.reader
+        with contextlib.suppress(UnknownReader):  # unknown: nothing matches, the count says so
+            reader = service.broker.resolve(reader) if reader else ""
+        leases = service.broker.leases(peer=peer, session=detach.session, reader=reader)
         for lease in leases:
             if lease == self.lease:
                 self._end(EndReason.DETACH, self.link)
@@ -452,14 +458,18 @@ class LinkHandler:
         assert self.key is not None
         if self.lease is not None:
             return Error(ErrorCode.PROTOCOL, f"this link holds {self.lease.reader} already")
-        holder = service.broker.holder(attach.reader)
+        try:
+            reader = service.broker.resolve(attach.reader)
+        except UnknownReader as exc:
+            return Error(ErrorCode.UNKNOWN_READER, str(exc))
+        holder = service.broker.holder(reader)
         if holder is not None and holder.key == self.key:
             # Our own session holds it: its endpoint restarted (a new instance), or our link
             # dropped without the service noticing yet (same instance). Move the share here.
             restarted = holder.instance != self.instance
             service.end_lease(holder, EndReason.RESTART if restarted else EndReason.CONNECTION_LOST)
         try:
-            lease = service.broker.attach(attach.reader, self.key, attach.mode, self.instance)
+            lease = service.broker.attach(reader, self.key, attach.mode, self.instance)
         except InUse as exc:
             return Error(ErrorCode.IN_USE, f"{exc.lease.reader} is shared in another session")
         except UnknownReader as exc:
@@ -486,11 +496,7 @@ class LinkHandler:
             self.lease = self.holder = None
             service.disown(lease)
             service.broker.release(lease)
-            return Error(
-                ErrorCode.LOCALLY_BUSY,
-                f"{lease.reader}: a local application is using the card (close it, or attach "
-                "in shared mode)",
-            )
+            return Error(ErrorCode.LOCALLY_BUSY, self._busy(lease))
         mode = lease.mode.name.lower()
         service.events.record(
             EventKind.SHARED,
@@ -501,6 +507,43 @@ class LinkHandler:
             mode=mode,
         )
         return Attached(atr or b"")
+
+    def _busy(self, lease: Lease) -> str:
+        """Why a local application keeps ``lease``'s card from us, and what may help."""
+        exclusive = lease.mode is ShareMode.SHARED
+        if not exclusive:
+            try:  # would shared mode get in? Only if the local holders share the card too.
+                self.service.backend.connect(lease.pcsc_name, ShareMode.SHARED).close()
+            except LocallyBusy:
+                exclusive = True
+            except PcscError:
+                pass
+        if exclusive:
+            return (
+                f"{lease.reader}: a local application holds the card exclusively (PC/SC does "
+                "not say which); shared mode cannot help: close it, then attach again"
+            )
+        return (
+            f"{lease.reader}: a local application is using the card (close it, or attach in "
+            "shared mode to use the card alongside it)"
+        )
+
+    def _listing(self) -> tuple[ReaderInfo, ...]:
+        """The readers as this link may see them: who holds a reader is the holding peer's
+        business and the local user's; other peers see "shared in another session"."""
+        listing = self.service.broker.listing()
+        if self.admin:
+            return listing
+        return tuple(
+            info
+            if info.state is not ReaderState.SHARED or self._holds(info.name)
+            else dataclasses.replace(info, session="")
+            for info in listing
+        )
+
+    def _holds(self, reader: str) -> bool:
+        lease = self.service.broker.holder(reader)
+        return lease is not None and lease.key.peer == self.peer
 
     # -- notices and timers --------------------------------------------------------------------
 

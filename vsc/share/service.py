@@ -36,7 +36,7 @@ import time
 from typing import Final
 
 from .broker import Broker, Change, ChangeKind, Lease
-from .events import REASON_TEXT, STATE_TEXT, EventKind, EventLog, record_migration
+from .events import REASON_TEXT, EventKind, EventLog, record_migration, state_text
 from .handler import EndLease, LinkHandler, short
 from .home import ShareHome
 from .limits import Admission, Limits
@@ -127,8 +127,7 @@ class ShareService:
             self._threads.append(thread)
             thread.start()
         readers = ", ".join(
-            f"{i.name} ({i.pcsc_name}): {STATE_TEXT[i.state].format(session=i.session)}"
-            for i in self.broker.listing()
+            f"{i.name} ({i.pcsc_name}): {state_text(i)}" for i in self.broker.listing()
         )
         reach = "this machine only" if is_loopback(self.host) else "open to other machines"
         self.events.record(
