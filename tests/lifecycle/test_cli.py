@@ -570,9 +570,11 @@ def test_tpm_status(vsc: Vsc, swtpm: Swtpm) -> None:
     assert status["lockout_auth_set"]
     Tpm(swtpm.tcti).change_lockout_auth(b"only the admin knows", b"")
 
-    # VSC_TPM works as --tpm does.
+    # VSC_TPM works as --tpm does; `vsc tpm` alone is the status.
     env_only = Vsc(vsc.store, [], env={"VSC_TPM": swtpm.tcti})
     assert env_only.run("tpm", "status", "--json").json()["source"] == "VSC_TPM"
+    alone = env_only.run("tpm").stdout
+    assert "DA counter:    0 failures of 32 allowed" in alone and "alice" in alone
 
 
 def tpm2(tcti: str, *argv: str) -> None:

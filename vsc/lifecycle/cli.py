@@ -359,8 +359,14 @@ def register(subparsers: Subparsers) -> None:
     csr.add_argument("-o", "--output", type=Path, help="write PEM here (default: stdout)")
     _pin_options(csr, "the PIN, for a PIN-protected key")
 
-    tpm = subparsers.add_parser("tpm", help="the TPM: status", description="The TPM vsc uses.")
-    tpm.set_defaults(handler=lambda args: _print_help(tpm))
+    tpm = subparsers.add_parser(
+        "tpm",
+        help="the TPM: status (also with no verb), prepare",
+        description="The TPM vsc uses. Without a verb: its status, as `vsc tpm status` with"
+        " VSC_TPM and VSC_STORE (tpmvscmgr's environment check).",
+    )
+    # Alone, ``vsc tpm`` is the status of the TPM the environment names.
+    tpm.set_defaults(handler=_tpm_status, tpm=None, store=None, json=False, max_cards=None)
     verbs = tpm.add_subparsers(dest="verb", metavar="VERB")
     status = verbs.add_parser(
         "status",
