@@ -151,7 +151,8 @@ class Register:
         with contextlib.suppress(OSError):
             if directory.stat().st_uid == os.geteuid():
                 directory.chmod(0o1777 if self.machine_wide else 0o700)
-        fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        # Read-only is enough for flock, and works on a lock file another user made.
+        fd = os.open(directory / _LOCK, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
