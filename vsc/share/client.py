@@ -279,6 +279,25 @@ def _check_bound(
     )
 
 
+def _command_session(
+    home: ShareHome,
+    address: tuple[str, int],
+    timeout: float,
+    local: bool,
+    service: Peer | None,
+) -> Session:
+    """A short session for one command (list, detach) of this shell's session."""
+    return open_session(
+        home,
+        address,
+        default_session(),
+        new_instance(),
+        timeout=timeout,
+        local=local,
+        service=service,
+    )
+
+
 def list_readers(
     home: ShareHome,
     address: tuple[str, int],
@@ -288,15 +307,7 @@ def list_readers(
     service: Peer | None = None,
 ) -> tuple[str, tuple[ReaderInfo, ...]]:
     """The service's name and its readers."""
-    session = open_session(
-        home,
-        address,
-        default_session(),
-        new_instance(),
-        timeout=timeout,
-        local=local,
-        service=service,
-    )
+    session = _command_session(home, address, timeout, local, service)
     try:
         reply, _ = session.link.request(ListReaders(), timeout)
         expect(reply, Readers)
@@ -323,15 +334,7 @@ def detach(
     A peer may end only its own sessions' attachments; the service's own
     identity (the local CLI, ``local``) may end any.
     """
-    opened = open_session(
-        home,
-        address,
-        default_session(),
-        new_instance(),
-        timeout=timeout,
-        local=local,
-        service=service,
-    )
+    opened = _command_session(home, address, timeout, local, service)
     link = opened.link
     try:
         reply, _ = link.request(Detach(reader, session), timeout)

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .files import ShareHomeError, check_owner, open_private, read_private, write_atomic
-from .trust import Grant, Peer, PeerRole, TrustStore, fingerprint
+from .trust import Grant, Peer, PeerRole, TrustStore, fingerprint, to_pem
 
 __all__ = ["HOME_ENV", "Identity", "ShareHome", "ShareHomeError", "default_home"]
 
@@ -82,11 +82,7 @@ class Identity:
 
     @property
     def pem(self) -> str:
-        return (
-            x509.load_der_x509_certificate(self.certificate)
-            .public_bytes(serialization.Encoding.PEM)
-            .decode()
-        )
+        return to_pem(self.certificate)
 
 
 def _new_certificate(name: str) -> tuple[bytes, bytes]:

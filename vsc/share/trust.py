@@ -77,6 +77,12 @@ def fingerprint(certificate_der: bytes) -> bytes:
     return hashlib.sha256(certificate_der).digest()
 
 
+def to_pem(certificate_der: bytes) -> str:
+    """A DER certificate as PEM (what TLS contexts take as trust anchors)."""
+    der = x509.load_der_x509_certificate(certificate_der)
+    return der.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def format_fingerprint(value: bytes, groups: int | None = None) -> str:
     """``AB12:CD34:...`` (all groups, or the first ``groups``) for people to compare."""
     text = value.hex().upper()
@@ -127,11 +133,7 @@ class Peer:
 
     @property
     def pem(self) -> str:
-        return (
-            x509.load_der_x509_certificate(self.certificate)
-            .public_bytes(serialization.Encoding.PEM)
-            .decode()
-        )
+        return to_pem(self.certificate)
 
     def describe(self) -> str:
         """``name (AB12:CD34:EF56:7890)``, for messages."""
