@@ -165,6 +165,8 @@ def test_the_ecc_policy_of_a_tpm_card_is_shown(vsc: Vsc, plain: Vsc) -> None:
     create(plain, "soft", "--profile", "yubikey-5.7")
     soft = plain.run("info", "soft", "--json").json()["ecc"]
     assert soft == "P-256, P-384, Ed25519, X25519 (keys in software)"
+    create(vsc, "g", "--applet", "gids")  # GIDS: P-256 and P-384, both in the TPM
+    assert "ECC keys:      P-256, P-384 in the TPM" in vsc.run("info", "g").stdout
 
 
 def test_cards_are_counted_per_tpm_across_stores(vsc: Vsc, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from applets.gids import GIDS_ATR
+from applets.gids.applet import KEY_TYPES
 from applets.gids.crypto import ADMIN_KEY_LENGTHS, admin_block_size, admin_encrypt
 from applets.gids.host import CardError, initialize
 from applets.gids.minidriver import (
@@ -62,6 +63,7 @@ from .errors import (
     WrongAdminKey,
 )
 from .manager import CardManager
+from .profiles import ecc_policy
 
 __all__ = [
     "DEFAULT_ADMIN_KEY",
@@ -125,6 +127,8 @@ class GidsReport:
     pin_policy: tuple[str, ...]
     containers: tuple[str, ...]
     pending: str | None
+    #: The ECC keys it takes (GIDS: P-256, P-384), in the TPM or not.
+    ecc: str = ""
 
 
 def is_gids_challenge(text: str) -> bool:
@@ -297,6 +301,7 @@ class GidsCards:
                 serial=data.serial,
                 cardid=cardid.hex(),
                 backend=stored.backend.summary,
+                ecc=ecc_policy(KEY_TYPES.values(), tpm=stored.backend.kind == "tpm"),
                 operational=not applet.personalising,
                 pin_tries=(pin.tries.maximum, pin.tries.remaining) if pin else (0, 0),
                 puk_tries=(puk.tries.maximum, puk.tries.remaining) if puk else None,

@@ -32,6 +32,7 @@ the card's TPM key store refuses any algorithm its TPM lacks.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from applets.piv import PIV, YUBIKEY_5_4, YUBIKEY_5_7, PivProfile
@@ -64,9 +65,9 @@ _CURVE_NAMES = {
 }
 
 
-def ecc_policy(card: PivProfile, *, tpm: bool) -> str:
-    """The ECC keys a card of ``card``'s profile takes, on a TPM card or in software."""
-    curves = [t for t in _CURVE_NAMES if t in card.key_types]
+def ecc_policy(key_types: Collection[KeyType], *, tpm: bool) -> str:
+    """The ECC keys a card whose applet takes ``key_types`` holds, on a TPM card or not."""
+    curves = [t for t in _CURVE_NAMES if t in key_types]
     if not curves:
         return "none"
     if not tpm:

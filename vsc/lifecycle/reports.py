@@ -243,7 +243,7 @@ class Reporting(ManagerBase):
                 serial=data.serial,
                 profile=record.get("profile"),
                 card_profile=data.profile.name,
-                ecc=ecc_policy(data.profile, tpm=backend.kind == "tpm"),
+                ecc=ecc_policy(data.profile.key_types, tpm=backend.kind == "tpm"),
                 managed=managed is not None,
                 backend=backend.summary,
                 backend_kind=backend.kind,
