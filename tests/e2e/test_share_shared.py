@@ -7,6 +7,11 @@ ask whether its PIN is still verified, while the remote side runs OpenSC's
 with pkcs11-tool, through the share. Before shared mode gave the remote
 session its own logical channel, every remote connect reset the card: the
 local loop saw SCARD_W_RESET_CARD and lost its PIN (this test failed so).
+
+The reverse direction: a remote application that keeps its PIN verified and
+never pauses, while local applications connect, transact and disconnect.
+Before the service bounded how long it holds a transaction, the local
+applications waited for ever (this test failed so).
 """
 
 from __future__ import annotations
@@ -151,3 +156,34 @@ def test_shared_mode_resets_nobody_under_load(bed: ShareBed) -> None:
     assert seen["failures"] == 0, seen  # every local APDU answered 9000: PIN still verified
     shared = [e for e in bed.events("service") if e["event"] == "shared-state"]
     assert not shared, shared  # vsc's card has logical channels: nothing shared
+
+
+def test_local_applications_do_not_reset_the_remote_session(bed: ShareBed) -> None:
+    """The reverse direction: local connects, transactions and disconnects leave the remote
+    session's verified PIN alone (each of the remote loop's APDUs checks it)."""
+    endpoint = bed.attach(session="shared-session", mode="shared")
+    bed.remote_card(process=endpoint)
+    stop, out = bed.workdir / "stop", bed.workdir / "remote.json"
+    argv = [sys.executable, "-c", LOCAL_LOOP, bed.remote.reader(0), PIN, str(stop), str(out)]
+    remote = Process([*argv, "500"], bed.workdir / "remote-loop.log", env=bed.remote.env)
+    try:
+        wait_for((bed.workdir / "remote.json.ready").exists, remote, CLIENT_TIMEOUT)
+        reader = bed.local.reader(0)
+        for _ in range(3):  # each a connect, a transaction, a disconnect
+            local = bed.local.run(
+                ["opensc-tool", "-r", reader, "-s", SELECT_PIV, "-s", "0020008000"],
+                timeout=CLIENT_TIMEOUT,
+            )
+            assert local.returncode == 0, bed.describe(local)
+            # The local application does not see the PIN the remote session verified.
+            assert "SW1=0x63, SW2=0xC3" in local.stdout, local.stdout
+        listing = bed.local.run(["pkcs11-tool", "--module", _pkcs11_module(), "--list-objects"])
+        assert listing.returncode == 0, bed.describe(listing)
+        stop.touch()
+        assert remote.wait(LOOP_TIMEOUT) == 0, remote.text()
+    finally:
+        stop.touch()
+        if remote.running():
+            remote.stop()
+    seen = json.loads(out.read_text())
+    assert seen["count"] >= 500 and seen["failures"] == 0, seen

@@ -440,6 +440,34 @@ def test_shared_mode_brackets_bursts_in_transactions(relay: Relay, vpcd: FakeVpc
         local.close()
 
 
+def test_shared_mode_lets_local_applications_in_while_the_remote_side_never_pauses(
+    relay: Relay, vpcd: FakeVpcd
+) -> None:
+    relay.endpoint(vpcd, mode=ShareMode.SHARED)
+    vpcd.accept()
+    vpcd.power_on()
+    assert vpcd.transmit(SELECT_ECHO) == b"\x90\x00"
+    stop = threading.Event()
+
+    def busy() -> None:  # no pause as long as transaction_idle between APDUs
+        while not stop.is_set():
+            assert vpcd.transmit(ECHO) == b"ABC\x90\x00"
+
+    thread = threading.Thread(target=busy, daemon=True)
+    thread.start()
+    local = MemoryHandle(relay.readers, READER_1, ShareMode.SHARED)
+    try:
+        started = time.monotonic()
+        local.begin_transaction()  # LocallyBusy after 5 s: the remote side held it throughout
+        assert time.monotonic() - started < 3.0
+        assert local.transmit(ECHO) == b"ABC\x90\x00"
+        local.end_transaction()
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+        local.close()
+
+
 def test_shared_mode_reports_a_reset_by_another_application(relay: Relay, vpcd: FakeVpcd) -> None:
     relay.endpoint(vpcd, mode=ShareMode.SHARED)
     vpcd.accept()

@@ -14,7 +14,12 @@ and is driven by the link that holds the lease, from that link's thread.
   SCARD_SHARE_SHARED and wraps each burst of APDUs in SCardBeginTransaction /
   SCardEndTransaction; the transaction ends after ``transaction_idle``
   seconds without an APDU, or at a power event, so local applications get
-  their turn between the remote user's command sequences.
+  their turn between the remote user's command sequences. A remote side
+  that never pauses holds a transaction for at most ``_TRANSACTION_MAX``
+  seconds; then the holder stands back for ``_TRANSACTION_GAP`` (longer than
+  pcsc-lite's 100 ms retry of a waiting SCardBeginTransaction) so a waiting
+  local application gets in: a busy remote session slows local ones down,
+  it does not lock them out.
 * **Power.** Exclusive mode: the remote reader's power on and reset become a
   cold reset of the real card when it was used since its last reset, so the
   remote side's power cycle really clears the card's volatile state (PIN
@@ -67,6 +72,8 @@ __all__ = ["CardHolder"]
 log = logging.getLogger(__name__)
 
 _RETRY_CARD: Final = 0.5
+_TRANSACTION_MAX: Final = 1.0
+_TRANSACTION_GAP: Final = 0.15
 
 
 class CardHolder:
@@ -91,6 +98,7 @@ class CardHolder:
         self.card: CardHandle | None = None
         self.fresh = False  # the card is untouched since its last reset
         self.in_transaction = False
+        self.transaction_since = 0.0
         self.last_use = 0.0
         self.retry_at: float | None = None
         # Shared mode: the remote session's logical channel; whether the card has them.
@@ -228,9 +236,15 @@ class CardHolder:
     def _transmit(self, card: CardHandle, apdu: bytes) -> Reply:
         sent = apdu
         if self.lease.mode is ShareMode.SHARED:
+            if self.in_transaction and time.monotonic() > self.transaction_since + (
+                _TRANSACTION_MAX
+            ):
+                self._end_transaction()
+                time.sleep(_TRANSACTION_GAP)  # local applications' turn
             if not self.in_transaction:
                 card.begin_transaction()
                 self.in_transaction = True
+                self.transaction_since = time.monotonic()
             if self.channel is None and self.isolated is not False:
                 self._open_channel(card)
             if self.channel is not None:
