@@ -26,6 +26,10 @@ from applets.cards import (
 )
 from applets.piv import PIV, YUBIKEY_5_4, YUBIKEY_5_7, PivApplet, PivData, PivProfile, PivRecord
 from applets.piv.objects import PIV_CONTAINERS
+from vsc.card import Card
+from vsc.emulator import SERIAL_BASE
+from vsc.emulator import main as emulator_main
+from vsc.emulator.cli import _build_cards, _check, _parser
 from vsc.inproc import CardConnection, YubikitConnection
 from vsc.tlv import encode_tlv, parse_dict, parse_tlv
 
@@ -388,3 +392,67 @@ def test_data_and_profile_must_agree() -> None:
         PivApplet(data=data, profile=YUBIKEY_5_4)
     assert PivApplet(data=data).profile is YUBIKEY_5_7
     assert PivApplet().profile is YUBIKEY_5_4  # the default
+
+
+# -- the emulator's command line ------------------------------------------------------------
+
+
+def emulator_cards(*argv: str) -> list[Card]:
+    """The cards ``python -m vsc.emulator ARGV`` would serve (in memory, nothing started)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return _build_cards(args, _check(parser, args), [])
+
+
+def serial_of(card: Card) -> int:
+    assert card.transmit(bytes.fromhex("00A4040005A000000308"))[-2:] == b"\x90\x00"
+    answer = card.transmit(bytes.fromhex("00F8000000"))
+    assert answer[-2:] == b"\x90\x00"
+    return int.from_bytes(answer[:-2], "big")
+
+
+def test_emulator_serials_are_stable_and_settable() -> None:
+    """Without --serial a card's serial follows its vpcd port: the same at every start."""
+    first = [serial_of(c) for c in emulator_cards("-P", "40000", "--slots", "2")]
+    again = [serial_of(c) for c in emulator_cards("-P", "40000", "--slots", "2")]
+    assert first == again == [SERIAL_BASE + 40000, SERIAL_BASE + 40001]
+    chosen = emulator_cards("-P", "40000", "--slots", "2", "--serial", "31415926")
+    assert [serial_of(c) for c in chosen] == [31415926, SERIAL_BASE + 40001]
+
+
+@pytest.mark.parametrize(
+    ("argv", "atr", "version"),
+    [
+        ((), YUBIKEY_NFC_ATR, "050403"),
+        (("--profile", "yubikey-5.7", "--transport", "usb"), YUBIKEY_USB_ATR, "050701"),
+        (("--profile", "piv", "--transport", "usb"), PIV_ATR, None),
+    ],
+)
+def test_emulator_profile_and_transport(
+    argv: tuple[str, ...], atr: bytes, version: str | None
+) -> None:
+    (card,) = emulator_cards(*argv)
+    assert card.atr == atr
+    card.transmit(bytes.fromhex("00A4040005A000000308"))
+    answer = card.transmit(bytes.fromhex("00FD000000"))
+    assert answer == (b"\x6d\x00" if version is None else bytes.fromhex(version + "9000"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--serial", "1", "--serial", "2"], "2 serials for 1 slots"),
+        (["--serial", "0"], "a serial is a number from 1 to 4294967295"),
+        (["--serial", str(2**32)], "a serial is a number from 1 to 4294967295"),
+        (["--slots", "2", "--serial", "5", "--serial", "5"], "the same --serial twice"),
+        (["--applet", "gids", "--profile", "piv"], "--profile is for PIV cards"),
+        (["--profile", "yubikey-9"], "invalid choice: 'yubikey-9'"),
+    ],
+)
+def test_emulator_refuses_bad_profile_and_serial_options(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        emulator_main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
