@@ -774,6 +774,22 @@ def test_create_at_a_terminal_asks_for_the_pin(plain: Vsc) -> None:
         assert card.verify(PIN) == OK
 
 
+def test_create_at_a_terminal_asks_for_the_tpm_owner_authorisation(vsc: Vsc) -> None:
+    """An owned TPM with no storage key persisted: at a terminal the owner authorisation is
+    asked for (never echoed or kept), and vsc's storage key is persisted with it."""
+    tpm2(vsc.backend[1], "tpm2_changeauth", "-c", "owner", "owner-secret")
+    status, output = in_terminal(
+        vsc,
+        ["create", "alice", "--pin", PIN],
+        [("TPM owner authorisation: ", lambda _: "owner-secret")],
+    )
+    assert status == 0, output
+    assert "owner-secret" not in output and "Created card alice" in output
+    detail = vsc.run("tpm", "status", "--json").json()["storage_key_detail"]
+    assert detail == "ECC P-256, persisted at 0x81000001"
+    assert "owner-secret" not in vsc.audit_text()
+
+
 # -- output into a closed pipe ------------------------------------------------------------
 
 

@@ -589,6 +589,7 @@ def _create(args: argparse.Namespace) -> int:
             f"a TPM may hold {manager.capacity} cards here, not {DEFAULT_CAPACITY} as on Windows"
             " (--max-cards / VSC_MAX_CARDS); the creation records it"
         )
+    _ask_owner_auth_if_needed(manager)
     chosen_key = CREATE_ADMIN_KEY.read(args, confirm=True)
     if args.puk not in ("none", "default"):
         warn(
@@ -810,6 +811,27 @@ def _show_challenge(pending: Pending, command: str) -> None:
 
 def _interactive() -> bool:
     return sys.stdin.isatty()
+
+
+def _ask_owner_auth_if_needed(manager: CardManager) -> None:
+    """At a terminal, the TPM's owner authorisation when vsc must make its storage key
+    (owned TPM, none persisted) and none was given: asked for, not refused."""
+    spec = manager.backend
+    if spec is None or spec.kind != "tpm" or spec.owner_auth or not _interactive():
+        return
+    from vsc.store.tpm import OwnerAuthNeeded, Tpm
+
+    assert spec.tcti is not None
+    try:
+        Tpm(spec.tcti).storage_key()
+    except OwnerAuthNeeded:
+        print(
+            f"The TPM's owner authorisation is set and no storage key is persisted at"
+            f" {SRK_HANDLE:#x}: vsc persists its own there, once.",
+            file=sys.stderr,
+        )
+        value = OWNER_AUTH.prompt()
+        manager.backend = dataclasses.replace(spec, owner_auth=_owner_auth(value))
 
 
 @_guarded
