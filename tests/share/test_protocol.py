@@ -81,7 +81,7 @@ SAMPLES: list[Message] = [
     Readers((ReaderInfo("Reader 1", "Virtual PCD 00 00", ReaderState.SHARED, "alice"),)),
     Readers(),
     Attached(b""),
-    Attached(bytes(ATR_MAX)),
+    Attached(bytes(ATR_MAX), "Reader 1"),
     Ok(3),
     Atr(b"\x3b\x00"),
     Response(b"\x90\x00"),

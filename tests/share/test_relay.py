@@ -502,9 +502,12 @@ def test_reader_names_in_any_case_and_unique_prefixes(relay: Relay, vpcd: FakeVp
     outcome = result()
     assert outcome.refused is ErrorCode.UNKNOWN_READER
     assert "'rea' could be any of: Reader 1, Reader 2" in outcome.message
-    relay.endpoint(vpcd, "READER 1")
+    endpoint, _ = relay.endpoint(vpcd, "READER 1")
     vpcd.accept()
     assert relay.state("Reader 1") is ReaderState.SHARED
+    assert endpoint.reader == "Reader 1"  # the endpoint learns the stable name...
+    attached = [e for e in relay.events(relay.endpoint_home) if e["event"] == "attached"]
+    assert attached[0]["reader"] == "Reader 1"  # ...and records it
     broker = relay.service.broker
     assert broker.resolve("virtual pcd 00 01") == "Reader 2"  # the PC/SC name too
     assert broker.resolve("reader 2") == "Reader 2"

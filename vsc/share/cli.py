@@ -136,7 +136,11 @@ def register(subparsers: Subparsers) -> None:
     attach = verbs.add_parser(
         "attach", parents=[home], help="attach a shared reader here, through vpcd (remote side)"
     )
-    attach.add_argument("reader", help='the reader\'s name, e.g. "Reader 1"')
+    attach.add_argument(
+        "reader",
+        help='the reader: its stable name ("Reader 1") or PC/SC name, in any case, or the '
+        "unique start of one",
+    )
     attach.add_argument(
         "--from",
         dest="service",

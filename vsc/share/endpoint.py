@@ -286,6 +286,7 @@ class Endpoint:
                 raise ShareError(str(exc)) from None
             raise
         assert isinstance(reply, Attached)
+        self.reader = reply.reader or self.reader  # its stable name, however it was typed
         self._service_name = session.service_name
         self._service_peer = format_fingerprint(session.service.fingerprint, 4)
         self.atr = reply.atr

@@ -506,7 +506,7 @@ class LinkHandler:
             peer=short(lease.key.peer),
             mode=mode,
         )
-        return Attached(atr or b"")
+        return Attached(atr or b"", lease.reader)
 
     def _busy(self, lease: Lease) -> str:
         """Why a local application keeps ``lease``'s card from us, and what may help."""

@@ -243,11 +243,13 @@ class Readers(_Message):
 
 @dataclass(frozen=True, slots=True)
 class Attached(_Message):
-    """Reply to ATTACH: the card's ATR, or b"" when the reader is empty."""
+    """Reply to ATTACH: the card's ATR (b"" when the reader is empty) and the reader's
+    stable name (ATTACH may name it in any case, or by a unique prefix)."""
 
     TYPE: ClassVar[MessageType] = MessageType.ATTACHED
-    FIELDS = (("atr", Blob(2, 0, ATR_MAX)),)
+    FIELDS = (("atr", Blob(2, 0, ATR_MAX)), ("reader", _TEXT))
     atr: bytes = b""
+    reader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
