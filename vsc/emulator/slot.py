@@ -2,8 +2,10 @@
 
 The hot path of the front-end is :meth:`_Slot._serve`. It reads each frame
 with exact-size ``recv`` calls, as vpcd writes it (the 2-byte length, then
-the payload): two ``recv`` per APDU, ``TCP_QUICKACK`` after each, one
-``send``, and nothing buffered between frames. Blocking calls are bounded by
+the payload): two ``recv`` per APDU, ``TCP_QUICKACK`` after the first (so
+that the ACK releases the payload vpcd holds back under Nagle's rule), one
+``send`` that carries the ACK of the payload, and nothing buffered between
+frames: four system calls per APDU. Blocking calls are bounded by
 the kernel (SO_RCVTIMEO/SO_SNDTIMEO) and ended early by
 :meth:`Emulator.stop <vsc.emulator.server.Emulator.stop>` shutting the socket
 down.
@@ -81,7 +83,8 @@ def _quickack(sock: socket.socket) -> Callable[[], None]:
     """A call that sets TCP_QUICKACK on ``sock`` (a no-op where there is none).
 
     Linux drops out of quick-ACK mode whenever we send, hence a call after
-    every recv. A partial of the bound method: no Python frame twice per APDU.
+    every recv that no answer follows at once. A partial of the bound method:
+    no Python frame on the hot path.
     """
     if _QUICKACK is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return _no_quickack
@@ -334,7 +337,11 @@ class _Slot:
             if length < 2:  # a control code, or a zero-length frame (broken framing)
                 if not length:
                     raise _Drop("protocol error: zero-length frame")
-                self._reply(sock, self._event(decode(self._rest(sock, 1, started))))
+                code = self._rest(sock, 1, started)
+                # Power on, off and reset get no answer to carry the ACK: vpcd's
+                # next write would wait for the delayed one.
+                quickack()
+                self._reply(sock, self._event(decode(code)))
                 handled += 1
                 continue
             try:
@@ -343,7 +350,7 @@ class _Slot:
                 raise _Drop(f"peer stalled inside a frame for {owner.frame_timeout:g} s") from None
             except OSError as exc:
                 raise _Closed(f"connection lost: {exc}") from None
-            quickack()
+            # No quick-ACK here: the answer goes out at once and carries the ACK.
             if len(apdu) != length:
                 apdu += self._rest(sock, length - len(apdu), started)
             try:
@@ -370,6 +377,7 @@ class _Slot:
         the frame's time is up, not when it pauses for a whole timeout.
         """
         timeout = self.owner.frame_timeout
+        quickack = _quickack(sock)
         poller = select.poll()  # stop() shutting the socket down makes it readable
         poller.register(sock, select.POLLIN)
         data = b""
@@ -381,6 +389,7 @@ class _Slot:
                 chunk = sock.recv(size - len(data))
             except OSError as exc:
                 raise _Closed(f"connection lost: {exc}") from None
+            quickack()  # the peer's next piece may wait for our ACK (Nagle)
             if not chunk:
                 if self.owner.stopping:
                     raise _Closed("stopping")
