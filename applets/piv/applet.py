@@ -145,6 +145,8 @@ TAG_META_ORIGIN = 0x03
 TAG_META_PUBLIC_KEY = 0x04
 TAG_META_IS_DEFAULT = 0x05
 TAG_META_RETRIES = 0x06
+#: vsc's extension: where the slot's private key lives (KeyLocation), when the card knows.
+TAG_META_KEY_LOCATION = 0xC0
 META_ALGORITHM_PIN = 0xFF
 
 #: Slots of keys GA may use and ATTEST/MOVE/DELETE may name (F9 is excluded:
@@ -971,9 +973,12 @@ class PivApplet(Applet[SecurityState]):
             raise ApduError(SW.REFERENCE_NOT_FOUND, f"no metadata for {ref:02X}")
         pin = info.pin_policy or default_pin_policy(ref)  # metadata never says DEFAULT
         touch = resolve_touch_policy(info.touch_policy)
-        return (
+        metadata = (
             encode_tlv(TAG_META_ALGORITHM, bytes((info.key_type,)))
             + encode_tlv(TAG_META_POLICY, bytes((pin, touch)))
             + encode_tlv(TAG_META_ORIGIN, bytes((info.origin,)))
             + encode_tlv(TAG_META_PUBLIC_KEY, encode_public_key_data(info))
         )
+        if info.location is not None:
+            metadata += encode_tlv(TAG_META_KEY_LOCATION, bytes((info.location,)))
+        return metadata

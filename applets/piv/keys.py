@@ -7,11 +7,13 @@ generate, import_key, delete, move, sign, agree, attest, reset) never returns
 private key material. The base class holds all the cryptography; a concrete
 store implements only the *storage primitives* (``_load_info``,
 ``_load_private_key``, ``_store``, ``_erase``, ``_occupied_slots``,
-``_load_attestation_certificate``, ``_store_attestation_certificate``).
-:class:`MemoryKeyStore` keeps ``cryptography`` key objects in a dict. A
-persistent, TPM-sealed store (issue 4) implements the same primitives over
-sealed PKCS#8 blobs (unsealing in ``_load_private_key``), and may override
-``sign``/``agree`` to run an operation inside the TPM instead.
+``_load_attestation_certificate``, ``_store_attestation_certificate``;
+``_generate`` and ``_move`` where it makes keys or moves them itself).
+:class:`MemoryKeyStore` keeps ``cryptography`` key objects in a dict. The
+persistent store (``vsc.store.piv``) keeps PKCS#8 records for software keys
+and, on a TPM card, TPM blobs: its ``_load_private_key`` then returns a
+:class:`~applets.piv.handles.KeyHandle`, whose operations run in the TPM,
+and :attr:`KeyInfo.location` says where each key lives.
 
 The store does key operations only: PIN and touch enforcement, slot
 validation and the choice of status word for an empty slot are the applet's.
@@ -69,6 +71,7 @@ from vsc.tlv import encode_tlv, parse_tlvs
 from . import attestation
 from . import rsa as raw_rsa
 from .attestation import NO_EXPIRY, FormFactor
+from .handles import KeyHandle, KeyLocation
 
 PublicKey = (
     rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | x25519.X25519PublicKey
@@ -186,6 +189,9 @@ class KeyInfo:
     touch_policy: TouchPolicy
     origin: Origin
     public_key: PublicKey
+    #: Where the private part lives, when the store says (GET METADATA tag C0,
+    #: the attestation's key-location extension); None for an in-memory card.
+    location: KeyLocation | None = None
 
 
 class KeyNotFound(ApduError):
@@ -339,14 +345,24 @@ def generate_private_key(key_type: KeyType) -> PrivateKey:
 # --- operations -----------------------------------------------------------------------
 
 
-def _sign(key: PrivateKey, key_type: KeyType, data: bytes) -> bytes:
+def _ecdsa_digest(key_type: KeyType, data: bytes) -> bytes:
+    size = key_type.bit_len // 8
+    if not data:
+        raise InvalidData("empty ECDSA input")
+    return data[:size].rjust(size, b"\x00")
+
+
+def _sign(key: PrivateKey | KeyHandle, key_type: KeyType, data: bytes) -> bytes:
+    if isinstance(key, KeyHandle):
+        if key_type.is_rsa:
+            return key.raw_rsa(data)
+        if key_type.is_ec:
+            return key.ecdsa(_ecdsa_digest(key_type, data))
+        raise InvalidData(f"a {key_type.name} key cannot sign here")
     if isinstance(key, rsa.RSAPrivateKey):
         return raw_rsa.private_op(key, data)
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        size = key_type.bit_len // 8
-        if not data:
-            raise InvalidData("empty ECDSA input")
-        digest = data[:size].rjust(size, b"\x00")
+        digest = _ecdsa_digest(key_type, data)
         algorithm = _ECDSA_HASHES[key_type]
         return key.sign(digest, ec.ECDSA(utils.Prehashed(algorithm)))
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -354,16 +370,23 @@ def _sign(key: PrivateKey, key_type: KeyType, data: bytes) -> bytes:
     raise InvalidData("an X25519 key cannot sign")
 
 
-def _agree(key: PrivateKey, key_type: KeyType, peer: bytes) -> bytes:
+def _peer_point(key_type: KeyType, peer: bytes) -> ec.EllipticCurvePublicKey:
+    size = key_type.bit_len // 8
+    if len(peer) != 1 + 2 * size or peer[0] != 0x04:
+        raise InvalidData("peer point must be an uncompressed point on the key's curve")
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[key_type](), peer)
+    except ValueError:
+        raise InvalidData("peer point not on the curve") from None
+
+
+def _agree(key: PrivateKey | KeyHandle, key_type: KeyType, peer: bytes) -> bytes:
+    if isinstance(key, KeyHandle):
+        if not key_type.is_ec:
+            raise InvalidData(f"a {key_type.name} key cannot do key agreement here")
+        return key.ecdh(_peer_point(key_type, peer))
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        size = key_type.bit_len // 8
-        if len(peer) != 1 + 2 * size or peer[0] != 0x04:
-            raise InvalidData("peer point must be an uncompressed point on the key's curve")
-        try:
-            point = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, peer)
-        except ValueError:
-            raise InvalidData("peer point not on the curve") from None
-        return key.exchange(ec.ECDH(), point)
+        return key.exchange(ec.ECDH(), _peer_point(key_type, peer))
     if isinstance(key, x25519.X25519PrivateKey):
         if len(peer) != 32:
             raise InvalidData("X25519 peer key must be 32 bytes")
@@ -390,12 +413,13 @@ class KeyStore(ABC):
         """The slot's key information, or None when it is empty."""
 
     @abstractmethod
-    def _load_private_key(self, slot: int) -> PrivateKey:
-        """The private key of an occupied slot (called only after ``_load_info``)."""
+    def _load_private_key(self, slot: int) -> PrivateKey | KeyHandle:
+        """The private key of an occupied slot, or a handle to it where it lives
+        (called only after ``_load_info``)."""
 
     @abstractmethod
-    def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> None:
-        """Put a key in ``slot``, replacing whatever was there."""
+    def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> KeyInfo:
+        """Put a key in ``slot``, replacing whatever was there; the information stored."""
 
     @abstractmethod
     def _erase(self, slot: int) -> None:
@@ -414,12 +438,23 @@ class KeyStore(ABC):
         """Remember (or forget) the F9 certificate."""
 
     def _move(self, src: int, dst: int) -> None:
-        """Move an occupied ``src`` to an empty ``dst``; override to make it atomic."""
+        """Move an occupied ``src`` to an empty ``dst``; override to make it atomic
+        (and where keys live outside: a handle cannot be stored again)."""
         info = self._load_info(src)
         if info is None:
             raise KeyNotFound(src)
-        self._store(dst, info, self._load_private_key(src))
+        key = self._load_private_key(src)
+        if isinstance(key, KeyHandle):
+            raise NotImplementedError("a store of key handles moves its own records")
+        self._store(dst, info, key)
         self._erase(src)
+
+    def _generate(
+        self, slot: int, key_type: KeyType, policies: tuple[PinPolicy, TouchPolicy]
+    ) -> KeyInfo:
+        """Make a key for ``slot``; here in software (a TPM-backed store makes it there)."""
+        private_key = generate_private_key(key_type)
+        return self._put(slot, key_type, private_key, policies, Origin.GENERATED)
 
     # Public API.
 
@@ -446,8 +481,7 @@ class KeyStore(ABC):
     ) -> KeyInfo:
         """Generate a key in ``slot`` (replacing any key there); origin GENERATED."""
         policies = self._policies(slot, pin_policy, touch_policy)
-        private_key = generate_private_key(KeyType(key_type))
-        return self._put(slot, key_type, private_key, policies, Origin.GENERATED)
+        return self._generate(slot, KeyType(key_type), policies)
 
     def import_key(
         self,
@@ -525,6 +559,7 @@ class KeyStore(ABC):
             pin_policy=info.pin_policy,
             touch_policy=info.touch_policy,
             form_factor=form_factor,
+            location=info.location,
         )
 
     def reset(self) -> None:
@@ -563,7 +598,7 @@ class KeyStore(ABC):
 
     def _attestation_signer(
         self,
-    ) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
+    ) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | KeyHandle:
         if self._load_info(ATTESTATION_SLOT) is None:
             raise ConditionsNotSatisfied("no attestation key in slot F9")
         key = self._load_private_key(ATTESTATION_SLOT)
@@ -588,8 +623,7 @@ class KeyStore(ABC):
         origin: Origin,
     ) -> KeyInfo:
         info = KeyInfo(KeyType(key_type), *policies, origin, private_key.public_key())
-        self._store(slot, info, private_key)
-        return info
+        return self._store(slot, info, private_key)
 
 
 def _check_slot(slot: int) -> int:
@@ -615,8 +649,9 @@ class MemoryKeyStore(KeyStore):
     def _load_private_key(self, slot: int) -> PrivateKey:
         return self.__keys[slot][1]
 
-    def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> None:
+    def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> KeyInfo:
         self.__keys[slot] = (info, private_key)
+        return info
 
     def _erase(self, slot: int) -> None:
         del self.__keys[slot]

@@ -31,7 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -329,11 +329,25 @@ class PivCard:
 _TRACE_LINE = re.compile(r"vsc\.apdu: \[\d+\] ([<>]) (.*)$")
 
 
+CardArgs = Callable[[PivProfile], "list[str] | None"]
+
+
+@pytest.fixture(scope="class")
+def card_args() -> CardArgs:
+    """Extra emulator arguments for the class's card of a profile (none: a factory card in
+    memory; None: the class does not run on that profile here).
+
+    tests/e2e/test_tpm_tools.py overrides it to run these classes on a TPM card.
+    """
+    return lambda profile: []
+
+
 @pytest.fixture(scope="class")
 def piv_card(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     e2e_available: None,
+    card_args: CardArgs,
 ) -> Iterator[PivCard]:
     """A private pcscd with ``python -m vsc.emulator -vv`` serving a factory card of the
     profile the class is parametrized with.
@@ -346,9 +360,12 @@ def piv_card(
     for name in tools:
         program(name)
     profile: PivProfile = request.param
+    extra = card_args(profile)
+    if extra is None:
+        pytest.skip(f"this module runs its classes on other profiles than {profile.name}")
     with (
         PcscdEnv() as pcscd,
-        EmulatorProcess(pcscd.vpcd_port(0), "-vv", "--profile", profile.name) as emulator,
+        EmulatorProcess(pcscd.vpcd_port(0), "-vv", "--profile", profile.name, *extra) as emulator,
     ):
         pcscd.wait_for_card(
             pcscd.reader(0), present=True, timeout=CARD_TIMEOUT, check=emulator.check_running
@@ -759,7 +776,7 @@ def provisioned(piv_card: PivCard) -> dict[str, Path]:
 
 @ALL_PROFILES
 class TestPkcs11Tool:
-    TOOLS = ("pkcs11-tool", "yubico-piv-tool", "openssl", "ykman")
+    TOOLS: tuple[str, ...] = ("pkcs11-tool", "yubico-piv-tool", "openssl", "ykman")
     TDES_KEY = True
 
     @staticmethod

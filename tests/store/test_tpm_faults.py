@@ -19,7 +19,8 @@ same TPM (the dictionary-attack counter is the TPM's, shared by all its
 users): the card then answers ``6985`` without spending its own tries, a
 session verified before keeps working, and the lockout heals over
 recoveryTime through the card's interface. (VERIFY and RESET RETRY COUNTER
-in a lockout caused by the card's own wrong PINs are in test_piv_store.py.)
+in a lockout caused by the card's own wrong PINs are in test_piv_store.py.) The
+card's PIN-bound keys live in the TPM, DA-protected: in lockout they refuse too.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from yubikit.core import TRANSPORT
+from yubikit.core.smartcard import ApduError
 from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, OBJECT_ID, PIN_POLICY, SLOT, PivSession
 
 from .conftest import require_swtpm
@@ -115,13 +117,15 @@ def personalise(piv: Piv) -> ec.EllipticCurvePublicKey:
     return public
 
 
-def signs_without_the_tpm(piv: Piv) -> None:
-    """Reading objects and using the PIN-never key need no TPM (the card key is in memory)."""
+def reads_without_the_tpm(piv: Piv) -> None:
+    """Objects and metadata need no TPM (the card key is in memory); keys live in the TPM,
+    so even the PIN-never key answers 6581 until it is back."""
     assert piv.session.get_object(OBJECT_ID.AUTHENTICATION) == CERT
     public = piv.session.get_slot_metadata(SLOT.CARD_AUTH).public_key
     assert isinstance(public, ec.EllipticCurvePublicKey)
-    signature = piv.session.sign(SLOT.CARD_AUTH, KEY_TYPE.ECCP256, b"m", hashes.SHA256())
-    public.verify(signature, b"m", ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(ApduError) as e:
+        piv.session.sign(SLOT.CARD_AUTH, KEY_TYPE.ECCP256, b"m", hashes.SHA256())
+    assert e.value.sw == 0x6581
 
 
 def signs_with_9a(piv: Piv, pin: bytes, public: ec.EllipticCurvePublicKey) -> None:
@@ -200,7 +204,7 @@ def test_swtpm_killed_mid_operation(tmp_path: Path, swtpm: Swtpm, errors: ErrorC
         seen |= answers
         pin = client.pin  # the PIN of the last CHANGE that answered 9000
 
-        signs_without_the_tpm(piv)  # the TPM is still gone
+        reads_without_the_tpm(piv)  # the TPM is still gone
         assert piv.sw(verify(pin)) == 0x6581
 
         swtpm.stop()  # reaps the dead process (no Shutdown: there is no TPM to send it to)
@@ -295,9 +299,14 @@ def test_lockout_caused_by_another_tpm_user(
     assert piv.sw(verify(PINS[0])) == 0x6985
     assert piv.sw(change(PINS[0], PINS[1])) == 0x6985
     assert piv.sw("00200080") == 0x63C3  # status query: not verified, all 3 tries left
-    # A session verified before the lockout keeps its keys: no TPM needed to sign.
-    assert piv.sw(sign_9a(cla=1)) == 0x9000
+    # The PIN-bound key is DA-protected in the TPM: in lockout the TPM uses it for nobody,
+    # not even a session verified before (6985, temporary); the PIN-never key still signs.
+    assert piv.sw(sign_9a(cla=1)) == 0x6985
     assert piv.sw(sign_9a(cla=0)) == 0x6982
+    card_auth = piv.session.get_slot_metadata(SLOT.CARD_AUTH).public_key
+    assert isinstance(card_auth, ec.EllipticCurvePublicKey)
+    signature = piv.session.sign(SLOT.CARD_AUTH, KEY_TYPE.ECCP256, b"m", hashes.SHA256())
+    card_auth.verify(signature, b"m", ec.ECDSA(hashes.SHA256()))
 
     # recoveryTime forgives one failure at a time: the card answers again, by itself.
     deadline, refused = time.monotonic() + WAIT, 0

@@ -29,6 +29,7 @@ from ..store import (
     BackendSpec,
     CardExists,
     CardNotFound,
+    CardSettings,
     CardStore,
     StoredCard,
     create_card,
@@ -156,7 +157,9 @@ def _card_location(spec: str, store: Path | None) -> tuple[Path, str]:
     return CardStore(store if store is not None else default_store_path()).path_of(spec), spec
 
 
-def _open_or_create(path: Path, name: str, backend: BackendSpec) -> StoredCard:
+def _open_or_create(
+    path: Path, name: str, backend: BackendSpec, settings: CardSettings | None
+) -> StoredCard:
     try:
         return open_stored_card(path, backend, name=name)
     except CardNotFound:
@@ -164,7 +167,7 @@ def _open_or_create(path: Path, name: str, backend: BackendSpec) -> StoredCard:
             raise CardOpenError(f"{path} exists but is not a card") from None
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        stored = create_card(path, backend, name=name)
+        stored = create_card(path, backend, name=name, settings=settings)
     except CardExists:  # another process created it a moment ago
         return open_stored_card(path, backend, name=name)
     log.warning("card %r: created with factory defaults at %s", name, path)
@@ -208,20 +211,22 @@ def open_card(
     profile: PivProfile | None = None,
     serial: int | None = None,
     transport: Transport = Transport.NFC,
+    settings: CardSettings | None = None,
 ) -> tuple[Card, StoredCard]:
     """The persistent card ``--card PATH|NAME`` names, created factory-fresh when missing.
 
-    A new card gets ``applet`` (PIV by default) and, for PIV, ``profile``
-    (default: the default profile) and ``serial`` (default: random); an existing
-    one keeps its own (:class:`CardOpenError` if ``applet``, ``profile`` or
-    ``serial`` name others). ``transport`` chooses a YubiKey's ATR.
+    A new card gets ``applet`` (PIV by default), ``settings`` and, for PIV,
+    ``profile`` (default: the default profile) and ``serial`` (default:
+    random); an existing one keeps its own (:class:`CardOpenError` if
+    ``applet``, ``profile`` or ``serial`` name others). ``transport`` chooses
+    a YubiKey's ATR.
 
     Returns the card to serve and its store handle, which the caller closes
     once no thread uses the card any more. Raises :class:`vsc.store.StoreError`
     (in use, another TPM or key, unreadable) or :class:`CardOpenError`.
     """
     path, name = _card_location(spec, store)
-    stored = _open_or_create(path, name, backend)
+    stored = _open_or_create(path, name, backend, settings)
     try:
         info = stored.backend
         if info.kind == "plain":

@@ -19,7 +19,7 @@ from types import FrameType
 
 from .. import trace
 from ..card import Card
-from ..store import StoredCard, StoreError
+from ..store import CardSettings, StoredCard, StoreError
 from .cards import (
     APPLETS,
     DEFAULT_PROFILE,
@@ -131,6 +131,13 @@ def _add_card_options(parser: argparse.ArgumentParser) -> None:
         help="INSECURE, for tests: store the cards' keys and PINs unprotected",
     )
     parser.add_argument(
+        "--software-keys",
+        action="store_true",
+        help="a TPM card created now may keep keys the TPM cannot hold (RSA-4096, Ed25519, "
+        "X25519) in software, marked so in GET METADATA and attestations; without it they are "
+        "refused (6A80). A card keeps the choice it was created with",
+    )
+    parser.add_argument(
         "--applet",
         choices=APPLETS,
         help="the card application: piv (the default) or gids (an empty GIDS card, as a "
@@ -194,6 +201,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             ("--tpm", args.tpm),
             ("--key-file", args.key_file),
             ("--insecure-plain", args.insecure_plain),
+            ("--software-keys", args.software_keys),
         ):
             if value:
                 parser.error(f"{flag} applies to persistent cards: give --card too")
@@ -216,6 +224,7 @@ def _build_cards(args: argparse.Namespace, slots: int, stored: list[StoredCard])
         backend = backend_from(
             tpm=args.tpm, key_file=args.key_file, insecure_plain=args.insecure_plain
         )
+        settings = CardSettings(software_keys=args.software_keys)
         for slot, spec in enumerate(args.card):
             card, handle = open_card(
                 spec,
@@ -225,6 +234,7 @@ def _build_cards(args: argparse.Namespace, slots: int, stored: list[StoredCard])
                 profile=profile,
                 serial=serial(slot),
                 transport=transport,
+                settings=settings,
             )
             stored.append(handle)
             cards.append(card)

@@ -769,7 +769,8 @@ def _print_report(r: CardReport) -> None:
     print("  slots:")
     for slot in r.slots:
         key = (
-            f"{slot.algorithm}, PIN {slot.pin_policy}, touch {slot.touch_policy}, {slot.origin}"
+            f"{slot.algorithm}, PIN {slot.pin_policy}, touch {slot.touch_policy}, {slot.origin},"
+            f" in {slot.key_location or 'software'}"
             if slot.algorithm
             else "no key"
         )

@@ -406,7 +406,11 @@ def _containers(data: StoredGidsData, applet: StoredGidsApplet) -> Iterator[str]
         if not container.valid:
             continue
         info = applet.keys.get(0x81 + number)
-        line = f"{number:02X} {container.name!r}: {info.key_type.name if info else 'no key'}"
+        key = "no key"
+        if info is not None:
+            where = info.location.name.lower() if info.location else "software"
+            key = f"{info.key_type.name} in {where}"
+        line = f"{number:02X} {container.name!r}: {key}"
         yield line + (", certificate" if number in certified else "")
 
 

@@ -82,6 +82,8 @@ class SlotReport:
     touch_policy: str | None
     origin: str | None
     certificate: CertificateReport | None
+    #: Where the private key lives: "tpm" or "software" (None: no key).
+    key_location: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,7 @@ def slot_report(applet: StoredPivApplet, data: StoredPivData, slot: int) -> Slot
         certificate=certificate_report(
             data.get_object(certificate_object(slot)), spki(info.public_key) if info else None
         ),
+        key_location=info.location.name.lower() if info and info.location else None,
     )
 
 

@@ -35,7 +35,8 @@ from .errors import (
     StorageFailure,
     StoreError,
 )
-from .protect import BackendInfo, BackendSpec, Protector, create_key_file, open_protector
+from .protect import BackendInfo, BackendSpec, KeyVault, Protector, create_key_file, open_protector
+from .settings import CardSettings
 from .store import (
     CardInfo,
     CardStore,
@@ -62,6 +63,7 @@ __all__ = [
     "CardInUse",
     "CardInfo",
     "CardNotFound",
+    "CardSettings",
     "CardStore",
     "Clock",
     "CorruptStore",
@@ -71,6 +73,7 @@ __all__ = [
     "DaState",
     "DaStatus",
     "InvalidName",
+    "KeyVault",
     "LockedOut",
     "ManualClock",
     "Protector",

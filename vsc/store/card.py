@@ -69,6 +69,7 @@ from .errors import (
 )
 from .lock import CardLock
 from .protect import BackendInfo, Protector
+from .settings import CardSettings
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,14 @@ class StoredCard:
         salt: bytes,
         card_key: bytes,
         clock: Clock,
+        settings: CardSettings | None = None,
     ) -> None:
         self.name = name
         self.path = path
         self.card_id = card_id
         self.clock = clock
+        #: What the card fixed at creation (sealed with its key).
+        self.settings = settings if settings is not None else CardSettings()
         self._lock = lock
         self._db = db
         self._protector = protector

@@ -75,6 +75,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from applets.piv.applet import PivApplet
+from applets.piv.handles import KeyHandle, KeyLocation
 from applets.piv.keys import (
     ATTESTATION_SLOT,
     KeyInfo,
@@ -104,6 +105,7 @@ from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
 
 from .card import CARD, StoredCard, bound
 from .errors import AuthFailed, BackendUnavailable, BindingLocked, CorruptStore, LockedOut
+from .tpmkeys import Placement, is_tpm_record
 
 __all__ = [
     "ADMIN_ROLE",
@@ -149,6 +151,7 @@ def _spki(key: PublicKey) -> bytes:
 
 
 def _encode_info(info: KeyInfo) -> bytes:
+    location = info.location if info.location is not None else KeyLocation.SOFTWARE
     return json.dumps(
         {
             "type": int(info.key_type),
@@ -156,6 +159,7 @@ def _encode_info(info: KeyInfo) -> bytes:
             "touch_policy": int(info.touch_policy),
             "origin": int(info.origin),
             "public_key": _spki(info.public_key).hex(),
+            "location": location.name.lower(),
         },
         sort_keys=True,
     ).encode()
@@ -179,6 +183,8 @@ def _decode_info(slot: int, raw: bytes) -> KeyInfo:
             TouchPolicy(d["touch_policy"]),
             Origin(d["origin"]),
             public_key,
+            # Records from before TPM-resident keys hold software keys.
+            KeyLocation[str(d.get("location", "software")).upper()],
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptStore(f"slot {slot:02X}: malformed key information ({e})") from None
@@ -223,6 +229,7 @@ class StoredKeyStore(KeyStore):
 
     def __init__(self, card: StoredCard) -> None:
         self._card = card
+        self._placement = Placement(card)
         # Decoded public key information by slot (None: empty). Only this process
         # writes the card (it holds the card's lock); every write below drops the
         # slots it touches before it starts.
@@ -248,7 +255,7 @@ class StoredKeyStore(KeyStore):
         self._infos[slot] = info
         return info
 
-    def _load_private_key(self, slot: int) -> PrivateKey:
+    def _load_private_key(self, slot: int) -> PrivateKey | KeyHandle:
         try:
             der = self._card.get(self._key_name(slot))
         except BindingLocked:
@@ -258,6 +265,8 @@ class StoredKeyStore(KeyStore):
         info = self._load_info(slot)
         if der is None or info is None:
             raise CorruptStore(f"slot {slot:02X}: key information without a key")
+        if is_tpm_record(der):
+            return self._placement.handle(slot, der, _spki(info.public_key))
         key = _decode_private_key(slot, der)
         # Bound blobs do not name their slot (MOVE KEY renames them without the PIN):
         # a key swapped between slots in the file is caught here.
@@ -265,14 +274,34 @@ class StoredKeyStore(KeyStore):
             raise CorruptStore(f"slot {slot:02X}: the private key does not match the slot")
         return key
 
-    def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> None:
-        der = private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+    def _generate(
+        self, slot: int, key_type: KeyType, policies: tuple[PinPolicy, TouchPolicy]
+    ) -> KeyInfo:
+        if self._placement.location(key_type) is not KeyLocation.TPM:
+            return super()._generate(slot, key_type, policies)
+        protection = self._protection(slot, policies[0])
+        record, public_key = self._placement.generate(key_type, da=protection != CARD)
+        info = KeyInfo(key_type, *policies, Origin.GENERATED, public_key, location=KeyLocation.TPM)
+        self._write(slot, info, record, protection)
+        return info
+
+    def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> KeyInfo:
+        protection = self._protection(slot, info.pin_policy)
+        location = self._placement.location(info.key_type)
+        if location is KeyLocation.TPM:
+            record = self._placement.wrap(private_key, da=protection != CARD)
+        else:
+            record = private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+        info = replace(info, location=location)
+        self._write(slot, info, record, protection)
+        return info
+
+    def _write(self, slot: int, info: KeyInfo, record: bytes, protection: str) -> None:
         replacing = self._card.protection_of(self._key_name(slot)) is not None
         self._infos.pop(slot, None)
         with self._card.transaction():
             self._card.put(self._info_name(slot), _encode_info(info))
-            protection = self._protection(slot, info.pin_policy)
-            self._card.put(self._key_name(slot), der, protection=protection)
+            self._card.put(self._key_name(slot), record, protection=protection)
             if replacing:
                 self._card.scrub()  # the old private key must not linger in the files
 

@@ -122,6 +122,45 @@ class BackendSpec:
         return None
 
 
+class KeyVault(ABC):
+    """Private keys that live in hardware: made or wrapped there, used there, never read out.
+
+    Algorithms are named as :data:`vsc.store.tpm.KEY_ALGORITHMS` names them
+    (``rsa2048``, ``eccp256``, ...). A *blob* is the hardware's own wrapped
+    form of a key: it is usable only by that hardware and only with ``auth``.
+    ``da``: the hardware's dictionary-attack logic guards ``auth`` (a PIN-bound
+    key); without it the key works in lockout too.
+    """
+
+    @abstractmethod
+    def supports(self, algorithm: str) -> bool:
+        """Whether keys of ``algorithm`` can live here."""
+
+    @abstractmethod
+    def generate(self, algorithm: str, auth: bytes, *, da: bool) -> bytes:
+        """A new key generated inside; its blob."""
+
+    @abstractmethod
+    def import_key(self, private_der: bytes, auth: bytes, *, da: bool) -> bytes:
+        """Wrap a key made elsewhere (PKCS#8 DER); its blob. ``ValueError`` if it cannot."""
+
+    @abstractmethod
+    def public_key(self, blob: bytes) -> bytes:
+        """The key's SubjectPublicKeyInfo (DER), read from the blob (no hardware call)."""
+
+    @abstractmethod
+    def rsa_private(self, blob: bytes, auth: bytes, block: bytes) -> bytes:
+        """The raw RSA private operation on a k-byte block < n. ``ValueError`` for a bad one."""
+
+    @abstractmethod
+    def ecdsa(self, blob: bytes, auth: bytes, digest: bytes) -> tuple[int, int]:
+        """ECDSA (r, s) of a field-size digest."""
+
+    @abstractmethod
+    def ecdh(self, blob: bytes, auth: bytes, x: bytes, y: bytes) -> bytes:
+        """The shared X coordinate with the peer point (x, y). ``ValueError`` off the curve."""
+
+
 class Protector(ABC):
     """One backend instance, ready to seal and unseal."""
 
@@ -148,6 +187,10 @@ class Protector(ABC):
 
     def anti_hammer(self) -> AntiHammer | None:
         """The hardware's own dictionary-attack logic, or ``None`` for the store's."""
+        return None
+
+    def key_vault(self) -> KeyVault | None:
+        """Where private keys can live in hardware (a TPM), or ``None``: keys in software."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -43,6 +43,7 @@ from .errors import (
 )
 from .lock import CardLock, is_locked
 from .protect import BackendSpec, Protector, open_protector
+from .settings import CardSettings
 
 CARD_DB = "card.db"
 CARD_LOCK = "lock"
@@ -95,13 +96,16 @@ def create_card(
     clock: Clock | None = None,
     da: DaParameters = WINDOWS_DEFAULTS,
     lockout_auth: bytes = b"",
+    settings: CardSettings | None = None,
 ) -> StoredCard:
     """Create a card directory at ``path`` (its parent must exist) and open it.
 
     ``da`` and ``lockout_auth`` set the store-enforced anti-hammering of the
     software and plain backends; a TPM's parameters are the TPM's own
-    (set them with ``card.anti_hammer.set_parameters``).
+    (set them with ``card.anti_hammer.set_parameters``). ``settings`` are
+    sealed with the card key (:mod:`vsc.store.settings`).
     """
+    settings = settings if settings is not None else CardSettings()
     path = Path(path)
     label = name or path.name
     clock = clock or SystemClock()
@@ -113,7 +117,7 @@ def create_card(
         try:
             staging.mkdir(mode=0o700)
             try:
-                _initialise(staging, protector, clock, da, lockout_auth)
+                _initialise(staging, protector, clock, da, lockout_auth, settings)
                 try:
                     # rename() onto an existing non-empty directory fails: no two creators win.
                     os.rename(staging, path)
@@ -134,7 +138,12 @@ def create_card(
 
 
 def _initialise(
-    directory: Path, protector: Protector, clock: Clock, da: DaParameters, lockout_auth: bytes
+    directory: Path,
+    protector: Protector,
+    clock: Clock,
+    da: DaParameters,
+    lockout_auth: bytes,
+    settings: CardSettings,
 ) -> None:
     card_key = random_key()
     salt = secrets.token_bytes(32)
@@ -143,7 +152,7 @@ def _initialise(
         "salt": salt,
         "created": repr(time.time()).encode(),
         "backend": json.dumps(protector.identity(), sort_keys=True).encode(),
-        "card_key": protector.seal(card_key),
+        "card_key": protector.seal(settings.seal_payload(card_key)),
     }
     db = Database(directory / CARD_DB, create=True)
     try:
@@ -199,9 +208,10 @@ def _open_locked(
     protector = open_protector(backend, identity)
     try:
         try:
-            card_key = protector.unseal(sealed_key)
+            payload = protector.unseal(sealed_key)
         except (AuthFailed, BackendMismatch) as e:
             raise BackendMismatch(f"card {label!r}: cannot unseal its key: {e}") from None
+        card_key, settings = CardSettings.open_payload(payload, label)
         anti_hammer: AntiHammer | None = protector.anti_hammer()
         if anti_hammer is None:
             software = SoftwareAntiHammer(db, clock, salt)
@@ -218,6 +228,7 @@ def _open_locked(
             salt=salt,
             card_key=card_key,
             clock=clock,
+            settings=settings,
         )
     except BaseException:
         protector.close()
@@ -274,11 +285,18 @@ class CardStore:
         *,
         da: DaParameters = WINDOWS_DEFAULTS,
         lockout_auth: bytes = b"",
+        settings: CardSettings | None = None,
     ) -> StoredCard:
         path = self.path_of(name)
         self.cards_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return create_card(
-            path, backend, name=name, clock=self.clock, da=da, lockout_auth=lockout_auth
+            path,
+            backend,
+            name=name,
+            clock=self.clock,
+            da=da,
+            lockout_auth=lockout_auth,
+            settings=settings,
         )
 
     def open(self, name: str, backend: BackendSpec) -> StoredCard:

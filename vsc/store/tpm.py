@@ -58,7 +58,7 @@ from .errors import (
     CorruptStore,
     LockedOut,
 )
-from .protect import BackendInfo, BackendSpec, Protector
+from .protect import BackendInfo, BackendSpec, KeyVault, Protector
 
 # The C library prints every TPM error (each wrong PIN) to stderr unless told not to.
 os.environ.setdefault("TSS2_LOG", "all+NONE")
@@ -72,24 +72,38 @@ try:
         TPM2_HT,
         TPM2_PT,
         TPM2_RC,
+        TPM2_RH,
         TPM2_SE,
+        TPM2_ST,
         TPM2_SU,
         TPM2B_AUTH,
+        TPM2B_DATA,
+        TPM2B_DIGEST,
+        TPM2B_ECC_POINT,
         TPM2B_PRIVATE,
         TPM2B_PUBLIC,
+        TPM2B_PUBLIC_KEY_RSA,
+        TPM2B_SENSITIVE,
         TPM2B_SENSITIVE_CREATE,
         TPM2B_SENSITIVE_DATA,
         TPMA_OBJECT,
         TPMA_PERMANENT,
         TPMA_SESSION,
+        TPMS_ECC_POINT,
         TPMS_KEYEDHASH_PARMS,
         TPMS_SENSITIVE_CREATE,
         TPMT_KEYEDHASH_SCHEME,
         TPMT_PUBLIC,
+        TPMT_PUBLIC_PARMS,
+        TPMT_RSA_DECRYPT,
+        TPMT_SIG_SCHEME,
         TPMT_SYM_DEF,
+        TPMT_SYM_DEF_OBJECT,
+        TPMT_TK_HASHCHECK,
         TPMU_PUBLIC_PARMS,
         TSS2_Exception,
     )
+    from tpm2_pytss.utils import wrap
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise BackendError(
         "the tpm backend needs tpm2-pytss: pip install 'vsc[tpm]' (needs libtss2-dev)"
@@ -115,6 +129,37 @@ _SRK_ATTRIBUTES = (
     | TPMA_OBJECT.DECRYPT
 )
 _SEALED_ATTRIBUTES = TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.USERWITHAUTH
+
+
+#: Keys made in the TPM: never leave it (fixedTPM, fixedParent), generated inside it
+#: (sensitiveDataOrigin), one key for both raw RSA / ECDSA and decryption / ECDH
+#: (sign and decrypt, no scheme fixed), usable with its authValue (userWithAuth).
+_KEY_ATTRIBUTES = (
+    TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+    | TPMA_OBJECT.SIGN_ENCRYPT
+    | TPMA_OBJECT.DECRYPT
+)
+#: Keys wrapped into the TPM (TPM2_Import): the TPM refuses fixedTPM and fixedParent
+#: on them, but TPM2_Duplicate needs a policy session satisfying the key's authPolicy,
+#: and theirs is empty (no policy matches it): they cannot leave the TPM either.
+_IMPORTED_ATTRIBUTES = TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.DECRYPT
+#: The key algorithms the store asks for, as tpm2-pytss templates (no scheme: the card
+#: pads RSA blocks itself; the ECDSA hash is chosen per signature).
+KEY_ALGORITHMS = {
+    "rsa1024": "rsa1024:null:null",
+    "rsa2048": "rsa2048:null:null",
+    "rsa3072": "rsa3072:null:null",
+    "rsa4096": "rsa4096:null:null",
+    "eccp256": "ecc256:null:null",
+    "eccp384": "ecc384:null:null",
+}
+_KEY_BLOB_VERSION = 2
+_ECDSA_HASHES = {32: TPM2_ALG.SHA256, 48: TPM2_ALG.SHA384}
+#: Input the TPM refuses as such (not a TPM failure): an RSA block >= n, a point off the curve.
+_BAD_INPUT = (TPM2_RC.VALUE, TPM2_RC.ECC_POINT, TPM2_RC.NO_RESULT, TPM2_RC.SIZE, TPM2_RC.KEY)
 
 
 def _srk_template() -> Any:
@@ -202,6 +247,7 @@ class Tpm:
         self.owner_auth = owner_auth
         #: The storage key a card was sealed under (None: the persisted one, else vsc's).
         self.wanted_srk = srk_name
+        self._supported: dict[str, bool] = {}
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -286,17 +332,144 @@ class Tpm:
         private, public = _parse_blob(blob)
 
         def work(op: _Op) -> bytes:
-            try:
-                handle = op.track(op.ctx.load(op.srk, private, public, session1=op.session))
-            except TSS2_Exception as e:
-                if e.error in (TPM2_RC.INTEGRITY, TPM2_RC.BINDING, TPM2_RC.SIZE):
-                    raise BackendMismatch("this blob was not sealed by this TPM") from None
-                raise
+            handle = op.track(_load(op, private, public))
             op.ctx.tr_set_auth(handle, auth or b"")
             op.comparing = auth is not None
             return bytes(op.ctx.unseal(handle, session1=op.session))
 
         return self.run(work)
+
+    # -- keys that live in the TPM ----------------------------------------------------------
+
+    def supports(self, algorithm: str) -> bool:
+        """Whether this TPM makes keys of ``algorithm`` (a name of :data:`KEY_ALGORITHMS`)."""
+        known = self._supported.get(algorithm)
+        if known is not None:
+            return known
+        template = KEY_ALGORITHMS.get(algorithm)
+        if template is None:
+            self._supported[algorithm] = False
+            return False
+        area = TPM2B_PUBLIC.parse(template, objectAttributes=_KEY_ATTRIBUTES).publicArea
+
+        def work(op: _Op) -> bool:
+            try:
+                op.ctx.test_parms(TPMT_PUBLIC_PARMS(type=area.type, parameters=area.parameters))
+            except TSS2_Exception as e:
+                if e.error in (TPM2_RC.VALUE, TPM2_RC.CURVE, TPM2_RC.KEY_SIZE, TPM2_RC.ASYMMETRIC):
+                    return False
+                raise
+            return True
+
+        self._supported[algorithm] = result = self.run(work)
+        return result
+
+    def create_key(self, algorithm: str, auth: bytes, *, da: bool) -> bytes:
+        """A new key generated in the TPM under the SRK; its blob (only this TPM loads it).
+
+        ``da``: the TPM's dictionary-attack logic guards ``auth`` (a PIN-bound key);
+        otherwise the key is ``noDA`` (a key anyone with the card may use).
+        """
+        template = TPM2B_PUBLIC.parse(KEY_ALGORITHMS[algorithm], objectAttributes=_KEY_ATTRIBUTES)
+        if not da:
+            template.publicArea.objectAttributes |= TPMA_OBJECT.NODA
+        sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(auth)))
+
+        def work(op: _Op) -> bytes:
+            private, public, *_ = op.ctx.create(op.srk, sensitive, template, session1=op.session)
+            return _key_blob(private, public)
+
+        return self.run(work)
+
+    def import_key(self, private_der: bytes, auth: bytes, *, da: bool) -> bytes:
+        """Wrap a key made elsewhere (PKCS#8 DER) into the TPM (TPM2_Import); its blob.
+
+        The key is encrypted to the SRK's public key here (the duplication
+        format's outer wrapper, a fresh seed per key) and decrypted only inside
+        the TPM, which returns it wrapped under its own storage key.
+        """
+        attributes = _IMPORTED_ATTRIBUTES if da else _IMPORTED_ATTRIBUTES | TPMA_OBJECT.NODA
+        try:
+            public = TPM2B_PUBLIC(TPMT_PUBLIC.from_pem(private_der, objectAttributes=attributes))
+            sensitive = TPM2B_SENSITIVE.from_pem(private_der)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"the TPM cannot hold this key: {e}") from None
+        sensitive.sensitiveArea.authValue = TPM2B_AUTH(auth)
+        no_inner = TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL)
+
+        def work(op: _Op) -> bytes:
+            srk_public, *_ = op.ctx.read_public(op.srk)
+            key, duplicate, seed = wrap(srk_public.publicArea, public, sensitive, b"", no_inner)
+            private = op.ctx.import_(
+                op.srk, key, public, duplicate, seed, no_inner, session1=op.session
+            )
+            return _key_blob(private, public)
+
+        return self.run(work)
+
+    def _use_key(self, blob: bytes, auth: bytes, command: Callable[[_Op, Any], _T]) -> _T:
+        private, public = _parse_blob(blob, _KEY_BLOB_VERSION)
+        da = not public.publicArea.objectAttributes & TPMA_OBJECT.NODA
+
+        def work(op: _Op) -> _T:
+            handle = op.track(_load(op, private, public))
+            op.ctx.tr_set_auth(handle, auth)
+            op.comparing = bool(da)
+            try:
+                return command(op, handle)
+            except TSS2_Exception as e:
+                if e.error in _BAD_INPUT:
+                    raise ValueError(f"the TPM refused the input: {e}") from None
+                raise
+
+        return self.run(work)
+
+    def rsa_private(self, blob: bytes, auth: bytes, block: bytes) -> bytes:
+        """The raw RSA private op on ``block`` (k bytes, < n): TPM2_RSA_Decrypt, no scheme."""
+        size = len(block)
+
+        def command(op: _Op, key: Any) -> bytes:
+            result = op.ctx.rsa_decrypt(
+                key,
+                TPM2B_PUBLIC_KEY_RSA(block),
+                TPMT_RSA_DECRYPT(scheme=TPM2_ALG.NULL),
+                TPM2B_DATA(),
+                session1=op.session,
+            )
+            return bytes(result).rjust(size, b"\0")
+
+        return self._use_key(blob, auth, command)
+
+    def ecdsa(self, blob: bytes, auth: bytes, digest: bytes) -> tuple[int, int]:
+        """ECDSA (r, s) over ``digest`` (32 or 48 bytes): TPM2_Sign with an unrestricted key."""
+        hash_alg = _ECDSA_HASHES.get(len(digest))
+        if hash_alg is None:
+            raise ValueError("an ECDSA digest has 32 or 48 bytes")
+        scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
+        scheme.details.any.hashAlg = hash_alg
+        ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
+
+        def command(op: _Op, key: Any) -> tuple[int, int]:
+            # Keep the whole answer referenced while reading it: its parts point into it.
+            signature = op.ctx.sign(key, TPM2B_DIGEST(digest), scheme, ticket, session1=op.session)
+            ecdsa = signature.signature.ecdsa
+            return (
+                int.from_bytes(bytes(ecdsa.signatureR), "big"),
+                int.from_bytes(bytes(ecdsa.signatureS), "big"),
+            )
+
+        return self._use_key(blob, auth, command)
+
+    def ecdh(self, blob: bytes, auth: bytes, x: bytes, y: bytes) -> bytes:
+        """The X coordinate of d·P for the peer point (x, y): TPM2_ECDH_ZGen."""
+        point = TPM2B_ECC_POINT(TPMS_ECC_POINT(x=x, y=y))
+
+        def command(op: _Op, key: Any) -> bytes:
+            shared = op.ctx.ecdh_zgen(key, point, session1=op.session)
+            x_shared = bytes(shared.point.x)
+            return x_shared.rjust(len(x), b"\0")
+
+        return self._use_key(blob, auth, command)
 
     # -- information and dictionary-attack logic ------------------------------------------
 
@@ -462,8 +635,31 @@ def _fourcc(value: int) -> str:
     return value.to_bytes(4, "big").rstrip(b"\0").decode("ascii", "replace").strip()
 
 
-def _parse_blob(blob: bytes) -> tuple[Any, Any]:
-    if not blob or blob[0] != _BLOB_VERSION:
+def _key_blob(private: Any, public: Any) -> bytes:
+    return bytes([_KEY_BLOB_VERSION]) + bytes(private.marshal()) + bytes(public.marshal())
+
+
+def key_public_der(blob: bytes) -> bytes:
+    """The public key (SubjectPublicKeyInfo DER) of a key blob, read from its public area."""
+    _, public = _parse_blob(blob, _KEY_BLOB_VERSION)
+    try:
+        der: bytes = public.publicArea.to_der()
+    except (ValueError, TypeError) as e:
+        raise CorruptStore(f"malformed TPM key: {e}") from None
+    return der
+
+
+def _load(op: _Op, private: Any, public: Any) -> Any:
+    try:
+        return op.ctx.load(op.srk, private, public, session1=op.session)
+    except TSS2_Exception as e:
+        if e.error in (TPM2_RC.INTEGRITY, TPM2_RC.BINDING, TPM2_RC.SIZE):
+            raise BackendMismatch("this blob was not sealed by this TPM") from None
+        raise
+
+
+def _parse_blob(blob: bytes, version: int = _BLOB_VERSION) -> tuple[Any, Any]:
+    if not blob or blob[0] != version:
         raise BackendMismatch("not a blob of the tpm backend")
     try:
         private, used = TPM2B_PRIVATE.unmarshal(blob[1:])
@@ -554,6 +750,37 @@ class TpmProtector(Protector):
 
     def anti_hammer(self) -> AntiHammer:
         return TpmAntiHammer(self.tpm, self._lockout_auth)
+
+    def key_vault(self) -> TpmKeyVault:
+        return TpmKeyVault(self.tpm)
+
+
+class TpmKeyVault(KeyVault):
+    """Private keys under this TPM's SRK; every use one salted, encrypted session."""
+
+    def __init__(self, tpm: Tpm) -> None:
+        self.tpm = tpm
+
+    def supports(self, algorithm: str) -> bool:
+        return self.tpm.supports(algorithm)
+
+    def generate(self, algorithm: str, auth: bytes, *, da: bool) -> bytes:
+        return self.tpm.create_key(algorithm, auth, da=da)
+
+    def import_key(self, private_der: bytes, auth: bytes, *, da: bool) -> bytes:
+        return self.tpm.import_key(private_der, auth, da=da)
+
+    def public_key(self, blob: bytes) -> bytes:
+        return key_public_der(blob)
+
+    def rsa_private(self, blob: bytes, auth: bytes, block: bytes) -> bytes:
+        return self.tpm.rsa_private(blob, auth, block)
+
+    def ecdsa(self, blob: bytes, auth: bytes, digest: bytes) -> tuple[int, int]:
+        return self.tpm.ecdsa(blob, auth, digest)
+
+    def ecdh(self, blob: bytes, auth: bytes, x: bytes, y: bytes) -> bytes:
+        return self.tpm.ecdh(blob, auth, x, y)
 
 
 class TpmAntiHammer(AntiHammer):
