@@ -12,7 +12,9 @@ signature checked by ``ssh-keygen -Y check-novalidate``).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +166,31 @@ def test_keys_the_tpm_lacks_are_refused_or_software_by_choice(
     assert sw == 0x9000 and tags[0xC0] == b"\x02"  # software
     client.ykman("keys", "generate", "-m", base.FACTORY_KEY, "-a", "ECCP256", "9c", "-")
     assert client.metadata(0x9C)[1][0xC0] == TPM_LOCATION
+
+
+def test_a_card_put_back_from_an_older_copy_is_refused(
+    tpm_args: list[str], start_emulator: StartEmulator, pcscd: PcscdEnv, tmp_path: Path
+) -> None:
+    """yubico-piv-tool changes the PIN; the copy from before (whose PIN seal would still open
+    with the old PIN on this TPM) is refused: "rolled back", exit status 2 (cannot serve it)."""
+    card_dir = Path(tpm_args[3]) / "cards" / tpm_args[1]
+    emulator = start_emulator(*tpm_args)
+    assert emulator.stop() == 0
+    pcscd.wait_for_card(pcscd.reader(0), present=False, timeout=CARD_TIMEOUT)
+    old = tmp_path / "old"
+    shutil.copytree(card_dir, old)
+
+    emulator = start_emulator(*tpm_args)
+    client = PivCard(pcscd, emulator, tmp_path, DEFAULT_PROFILE)
+    client.yubico("-a", "change-pin", "-P", PIN, "-N", "24681357")
+    assert emulator.stop() == 0
+    pcscd.wait_for_card(pcscd.reader(0), present=False, timeout=CARD_TIMEOUT)
+
+    shutil.rmtree(card_dir)
+    shutil.copytree(old, card_dir)
+    emulator = start_emulator(*tpm_args, wait=False)
+    deadline = time.monotonic() + CARD_TIMEOUT
+    while emulator.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert emulator.stop() == 2, emulator.log_text()
+    assert "rolled back" in emulator.log_text()

@@ -483,7 +483,7 @@ def test_copied_store_fails_on_another_tpm(tmp_path: Path, store: CardStore, swt
         emulator_open_card("alice", BackendSpec.tpm(other.tcti), store=copy)
     assert not CardStore(copy).info("alice").in_use
 
-    # On its own TPM the copy opens: the TPM gives no rollback protection.
+    # On its own TPM the copy opens: it is as new as the card (not rolled back).
     card, stored = emulator_open_card("alice", backend, store=copy)
     try:
         session = PivSession(YubikitConnection(card, TRANSPORT.USB))

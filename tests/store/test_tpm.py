@@ -101,7 +101,7 @@ def test_copied_store_fails_on_another_tpm(
         copy.open("alice", BackendSpec.tpm(other_swtpm.tcti))
     assert "copied from another machine" in str(e.value)
     assert not copy.info("alice").in_use  # the failed open released the card
-    # The same copy on the original TPM opens: the TPM gives no rollback protection.
+    # The same copy on the original TPM opens: it is as new as the card (not rolled back).
     with copy.open("alice", BackendSpec.tpm(swtpm.tcti)) as card:
         assert card.get("cert/9a") == b"certificate"
 

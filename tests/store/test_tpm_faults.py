@@ -193,7 +193,7 @@ def test_swtpm_killed_mid_operation(tmp_path: Path, swtpm: Swtpm, errors: ErrorC
     for _ in range(KILL_ROUNDS):
         client = Client(piv, pin)
         client.start()
-        time.sleep(rng.uniform(0.0, 0.1))
+        time.sleep(rng.uniform(0.0, 0.3))  # a VERIFY takes ~50-80 ms on a busy machine
         client.killed.set()
         os.kill(swtpm.pid, signal.SIGKILL)  # by its PID, mid-operation or between two
         client.join(WAIT)

@@ -729,6 +729,7 @@ def _print_report(r: CardReport) -> None:
     print(f"  ECC keys:      {r.ecc}")
     if not r.hardware_bound:
         print("                 not hardware-bound: " + "; ".join(r.weaknesses))
+    print(f"  rollback:      {r.rollback}")
     print(f"  state:         {r.lock}")
     if r.pending:
         print(f"  challenge:     outstanding, to {r.pending}")

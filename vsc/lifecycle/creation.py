@@ -152,7 +152,7 @@ class Creating(ManagerBase):
         except BaseException:
             stored.close()
             with contextlib.suppress(StoreError, OSError):
-                self.store.destroy(name)
+                self.store.destroy(name, spec)
             raise
         stored.close()
         self.audit.write(
@@ -243,6 +243,6 @@ class Creating(ManagerBase):
                 self._open(name) as (_, _, data),
             ):
                 serial = data.serial
-        self.store.destroy(name)
+        self.store.destroy(name, self.backend)
         self.unregister(name)
         self.audit.write("destroy", name, f"{name}: destroyed", serial=serial)

@@ -129,6 +129,7 @@ class GidsReport:
     pending: str | None
     #: The ECC keys it takes (GIDS: P-256, P-384), in the TPM or not.
     ecc: str = ""
+    rollback: str = ""
 
 
 def is_gids_challenge(text: str) -> bool:
@@ -221,7 +222,7 @@ class GidsCards:
         except BaseException:
             stored.close()
             with suppress(StoreError, OSError):
-                self.manager.store.destroy(name)
+                self.manager.store.destroy(name, spec)
             raise
         stored.close()
         audit = self.manager.audit
@@ -302,6 +303,7 @@ class GidsCards:
                 cardid=cardid.hex(),
                 backend=stored.backend.summary,
                 ecc=ecc_policy(KEY_TYPES.values(), tpm=stored.backend.kind == "tpm"),
+                rollback=stored.rollback_summary,
                 operational=not applet.personalising,
                 pin_tries=(pin.tries.maximum, pin.tries.remaining) if pin else (0, 0),
                 puk_tries=(puk.tries.maximum, puk.tries.remaining) if puk else None,

@@ -145,6 +145,7 @@ def _print(r: GidsReport) -> None:
     print(f"  card ID:       {r.cardid.upper() or '-'}")
     print(f"  backend:       {r.backend}")
     print(f"  ECC keys:      {r.ecc}")
+    print(f"  rollback:      {r.rollback}")
     print(f"  state:         {'operational' if r.operational else 'being personalised'}")
     if r.pending:
         print(f"  challenge:     outstanding ({r.pending})")

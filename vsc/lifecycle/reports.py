@@ -130,6 +130,8 @@ class CardReport:
     anti_hammering: dict[str, Any]
     pending: str | None
     slots: tuple[SlotReport, ...]
+    #: Rollback protection: the TPM counter and whether the files are in step with it.
+    rollback: str = ""
 
 
 def describe_lock(managed: Managed | None, now: float) -> str:
@@ -280,4 +282,5 @@ class Reporting(ManagerBase):
                 },
                 pending=pending.request.describe() if pending else None,
                 slots=tuple(slots),
+                rollback=stored.rollback_summary,
             )

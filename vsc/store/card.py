@@ -59,6 +59,7 @@ from .crypto import (
 from .db import Database
 from .errors import (
     AuthFailed,
+    BackendError,
     BackendUnavailable,
     BindingLocked,
     CorruptStore,
@@ -69,6 +70,7 @@ from .errors import (
 )
 from .lock import CardLock
 from .protect import BackendInfo, Protector
+from .rollback import RollbackGuard
 from .settings import CardSettings
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,7 @@ class StoredCard:
         card_key: bytes,
         clock: Clock,
         settings: CardSettings | None = None,
+        rollback: RollbackGuard | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -140,6 +143,8 @@ class StoredCard:
         self.clock = clock
         #: What the card fixed at creation (sealed with its key).
         self.settings = settings if settings is not None else CardSettings()
+        #: Keeps the files in step with the card's TPM counter (None: no rollback protection).
+        self.rollback = rollback
         self._lock = lock
         self._db = db
         self._protector = protector
@@ -161,6 +166,20 @@ class StoredCard:
     @property
     def protector(self) -> Protector:
         return self._protector
+
+    @property
+    def rollback_summary(self) -> str:
+        """Whether and how the card's files are protected against an older copy."""
+        if self.rollback is not None:
+            return self.rollback.state.summary
+        if self._protector.counter_bank() is None:
+            return f"none: the {self._protector.kind} backend has no hardware counter"
+        if self.settings.legacy:
+            return "none: the card was made before rollback protection"
+        return (
+            "NONE: no TPM counter could be defined when the card was created (the TPM's"
+            " owner authorisation is set and was not given to vsc create)"
+        )
 
     @property
     def anti_hammer(self) -> AntiHammer:
@@ -357,12 +376,18 @@ class StoredCard:
             if current.blocked:
                 raise CounterBlocked(name)
             db.write("UPDATE counters SET remaining = remaining - 1 WHERE name = ?", (name,))
+        try:  # the try must be counted in the TPM too before anything is compared
+            self.require_counted()
+        except StoreError:
+            self._refund(name)  # nothing will be compared: give the try back
+            raise
         return current.remaining - 1
 
     def succeed(self, name: str) -> None:
         """A correct value: restore ``name`` to its maximum."""
         db = self._open()
         with db.transaction():
+            self._gives_back_only(db)
             if not db.write("UPDATE counters SET remaining = maximum WHERE name = ?", (name,)):
                 raise KeyError(f"no counter {name!r}")
 
@@ -370,10 +395,40 @@ class StoredCard:
         """Give back a try that was never compared (the TPM refused it in lockout)."""
         db = self._open()
         with db.transaction():
+            self._gives_back_only(db)
             db.write(
                 "UPDATE counters SET remaining = MIN(maximum, remaining + 1) WHERE name = ?",
                 (name,),
             )
+
+    def require_counted(self) -> None:
+        """Every committed change is counted by the card's TPM counter too (call it before a
+        comparison); :class:`BackendUnavailable` if the TPM cannot do that now."""
+        if self.rollback is None:
+            return
+        try:
+            self.rollback.require_advanced()
+        except BackendUnavailable:
+            raise
+        except BackendError as e:
+            raise BackendUnavailable(
+                f"card {self.name!r}: its TPM counter cannot be advanced now: {e}"
+            ) from None
+
+    @contextlib.contextmanager
+    def giving_back(self) -> Iterator[None]:
+        """A transaction that only gives tries back: it needs no TPM counter write (an
+        applet's counter given back while the TPM is unreachable still goes in)."""
+        db = self._open()
+        with db.transaction():
+            self._gives_back_only(db)
+            yield
+
+    def _gives_back_only(self, db: Database) -> None:
+        # A transaction of its own that only restores tries need not advance the TPM
+        # counter: an older copy of the files has fewer tries, not more.
+        if self.rollback is not None and db.transaction_depth == 1:
+            self.rollback.waive()
 
     @contextlib.contextmanager
     def attempt(self, name: str) -> Iterator[Attempt]:
@@ -442,7 +497,11 @@ class StoredCard:
         )
         if row is None:
             raise KeyError(f"binding {binding!r} has no role {role!r}")
-        remaining = self.begin_attempt(counter) if counter is not None else None
+        if counter is not None:
+            remaining: int | None = self.begin_attempt(counter)
+        else:  # the caller's own counter (an applet's record) is committed: count it first
+            self.require_counted()
+            remaining = None
         auth = self._auth(binding, role, secret)
         try:
             token = self._anti_hammer.before_try()

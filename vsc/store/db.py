@@ -30,7 +30,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from .errors import CorruptStore, StorageFailure, StoreError, os_storage_failure
@@ -100,6 +100,19 @@ def _storage_errors(path: Path) -> Iterator[None]:
         raise failure from e
 
 
+class CommitHook(Protocol):
+    """Work joined to every outermost transaction: before its COMMIT, after it, or instead."""
+
+    def before_commit(self, db: Database) -> None:
+        """Last writes of the transaction (an exception rolls it back)."""
+
+    def after_commit(self) -> None:
+        """The transaction is durable; an exception now reaches the caller."""
+
+    def rolled_back(self) -> None:
+        """The transaction was rolled back."""
+
+
 class Database:
     """A connection to one card's database, with nested write transactions."""
 
@@ -126,6 +139,8 @@ class Database:
             raise storage_failure(path, e) or CorruptStore(f"cannot open {path}: {e}") from e
         self._depth = 0
         self._scrub_pending = False
+        #: Told about each outermost commit (rollback protection, :mod:`vsc.store.rollback`).
+        self.commit_hook: CommitHook | None = None
         try:
             self._configure()
         except BaseException:
@@ -204,6 +219,11 @@ class Database:
     def in_transaction(self) -> bool:
         return self._depth > 0
 
+    @property
+    def transaction_depth(self) -> int:
+        """How many ``transaction()`` blocks are open (1: only the outermost)."""
+        return self._depth
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """A write transaction; nested calls join the outermost, which commits or rolls back."""
@@ -217,12 +237,17 @@ class Database:
         with _storage_errors(self.path):
             self._conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
+        hook = self.commit_hook
         try:
             yield
+            if hook is not None:
+                hook.before_commit(self)
         except BaseException:
             self._depth = 0
             self._scrub_pending = False
             self._rollback()
+            if hook is not None:
+                hook.rolled_back()
             raise
         self._depth = 0
         try:
@@ -231,9 +256,13 @@ class Database:
         except BaseException:
             self._scrub_pending = False
             self._rollback()
+            if hook is not None:
+                hook.rolled_back()
             raise
         if self._scrub_pending:
             self._scrub_after_commit()
+        if hook is not None:
+            hook.after_commit()
 
     def _rollback(self) -> None:
         # After a full disk or an I/O error SQLite may have rolled back already; a

@@ -54,8 +54,16 @@ class CorruptStore(StoreError):
     """The card's files are unreadable, of an unknown format, or fail their integrity check."""
 
 
+class RolledBack(CorruptStore):
+    """The card's files are older than its TPM counter: an old copy was put back."""
+
+
 class BackendError(StoreError):
     """The protection backend is missing, misconfigured or unreachable."""
+
+
+class NoCounter(BackendError):
+    """A hardware counter cannot be defined now (the TPM's owner authorisation is needed)."""
 
 
 class BackendUnavailable(BackendError, ApduError):

@@ -237,7 +237,8 @@ class StoredGidsData(GidsData):
         assert secret is not None
         tries = secret.tries
         restored = replace(tries, remaining=min(tries.maximum, tries.remaining + 1))
-        self.commit(self.record.with_secret(ref, replace(secret, tries=restored)))
+        with self._card.giving_back():
+            self.commit(self.record.with_secret(ref, replace(secret, tries=restored)))
 
     @contextlib.contextmanager
     def _opened(self, *, by_admin: bool) -> Iterator[None]:

@@ -448,7 +448,8 @@ class StoredPivData(PivData):
         """Restore the try the applet spent on a comparison that never happened."""
         tries = self.tries(ref)
         restored = RetryCounter(tries.maximum, min(tries.maximum, tries.remaining + 1))
-        self.commit(self.record.with_secret(ref, tries=restored))
+        with self._card.giving_back():
+            self.commit(self.record.with_secret(ref, tries=restored))
 
     def set_secret(self, ref: Reference, value: bytes) -> None:
         """Re-seal the binding under the new value (the old blob is destroyed)."""

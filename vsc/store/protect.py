@@ -74,7 +74,8 @@ class BackendSpec:
     key_file: Path | None = None
     passphrase: bytes | None = field(default=None, repr=False)
     lockout_auth: bytes = field(default=b"", repr=False)
-    #: The TPM's owner authorisation: only to make (and persist) the storage key.
+    #: The TPM's owner authorisation: to make (and persist) the storage key, and to
+    #: define and remove cards' rollback counters (NV indices of the owner hierarchy).
     owner_auth: bytes = field(default=b"", repr=False)
     passphrase_log2_n: int = 15
     auth_log2_n: int = 14
@@ -161,6 +162,38 @@ class KeyVault(ABC):
         """The shared X coordinate with the peer point (x, y). ``ValueError`` off the curve."""
 
 
+@dataclass(frozen=True, slots=True)
+class CounterRef:
+    """A hardware counter, by its handle."""
+
+    handle: int
+
+
+class CounterBank(ABC):
+    """Monotonic counters in hardware (TPM NV counters): no one can set one back.
+
+    Each counter has a 32-byte authValue that its reads and increments need;
+    defining and removing one takes the TPM owner's authorisation.
+    """
+
+    @abstractmethod
+    def define(self, auth: bytes) -> tuple[CounterRef, int]:
+        """A new counter, already incremented once; it and its value. :class:`NoCounter`
+        when the hardware needs an authorisation that was not given."""
+
+    @abstractmethod
+    def read(self, ref: CounterRef, auth: bytes) -> int:
+        """The value; :class:`CorruptStore` if the counter is gone or is not a counter."""
+
+    @abstractmethod
+    def increment(self, ref: CounterRef, auth: bytes) -> None:
+        """Advance the counter by one (one write to the hardware's non-volatile memory)."""
+
+    @abstractmethod
+    def remove(self, ref: CounterRef) -> None:
+        """Free the counter (the card it guarded is gone)."""
+
+
 class Protector(ABC):
     """One backend instance, ready to seal and unseal."""
 
@@ -191,6 +224,10 @@ class Protector(ABC):
 
     def key_vault(self) -> KeyVault | None:
         """Where private keys can live in hardware (a TPM), or ``None``: keys in software."""
+        return None
+
+    def counter_bank(self) -> CounterBank | None:
+        """Monotonic hardware counters for rollback protection, or ``None`` (none here)."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .antihammer import WINDOWS_DEFAULTS, AntiHammer, DaParameters, SoftwareAntiHammer
@@ -39,11 +40,16 @@ from .errors import (
     CardNotFound,
     CorruptStore,
     InvalidName,
+    NoCounter,
+    StoreError,
     os_storage_failure,
 )
 from .lock import CardLock, is_locked
-from .protect import BackendSpec, Protector, open_protector
+from .protect import BackendSpec, CounterBank, CounterRef, Protector, open_protector
+from .rollback import RollbackGuard, counter_auth
 from .settings import CardSettings
+
+log = logging.getLogger(__name__)
 
 CARD_DB = "card.db"
 CARD_LOCK = "lock"
@@ -116,8 +122,9 @@ def create_card(
         staging = path.parent / f".{path.name}.creating-{secrets.token_hex(4)}"
         try:
             staging.mkdir(mode=0o700)
+            counter: CounterRef | None = None
             try:
-                _initialise(staging, protector, clock, da, lockout_auth, settings)
+                counter = _initialise(staging, protector, clock, da, lockout_auth, settings, label)
                 try:
                     # rename() onto an existing non-empty directory fails: no two creators win.
                     os.rename(staging, path)
@@ -126,6 +133,8 @@ def create_card(
                 _fsync_dir(path.parent)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
+                if counter is not None:
+                    _remove_counter(protector, counter, label)
                 raise
         except OSError as e:  # a full disk or a read-only store: a StorageFailure
             failure = os_storage_failure(f"cannot create card {label!r} at {path}", e)
@@ -144,9 +153,43 @@ def _initialise(
     da: DaParameters,
     lockout_auth: bytes,
     settings: CardSettings,
-) -> None:
+    label: str,
+) -> CounterRef | None:
+    """Write card ``label``'s files into ``directory``; its rollback counter, if it got one."""
     card_key = random_key()
     salt = secrets.token_bytes(32)
+    bank = None if settings.legacy else protector.counter_bank()
+    counter: CounterRef | None = None
+    if bank is not None:
+        try:
+            counter, value = bank.define(counter_auth(card_key))
+            settings = replace(settings, rollback_counter=counter.handle)
+        except NoCounter as e:
+            # A managed machine's TPM: its owner may make cards without the owner's secret
+            # (issue of the lifecycle); such a card has no rollback protection, and says so.
+            log.warning("card %r: created WITHOUT rollback protection: %s", label, e)
+            bank = None
+    try:
+        _write_files(directory, protector, clock, da, lockout_auth, settings, card_key, salt)
+        if bank is not None and counter is not None:
+            _stamp(directory, bank, counter, card_key, value)
+    except BaseException:
+        if counter is not None:
+            _remove_counter(protector, counter, label)
+        raise
+    return counter
+
+
+def _write_files(
+    directory: Path,
+    protector: Protector,
+    clock: Clock,
+    da: DaParameters,
+    lockout_auth: bytes,
+    settings: CardSettings,
+    card_key: bytes,
+    salt: bytes,
+) -> None:
     meta = {
         "card_id": secrets.token_bytes(16),
         "salt": salt,
@@ -162,6 +205,26 @@ def _initialise(
     finally:
         db.close()
     (directory / CARD_LOCK).touch(mode=0o600)
+
+
+def _stamp(
+    directory: Path, bank: CounterBank, ref: CounterRef, card_key: bytes, value: int
+) -> None:
+    db = Database(directory / CARD_DB)
+    try:
+        with db.transaction():
+            RollbackGuard(directory.name, bank, ref, card_key).stamp(db, value)
+    finally:
+        db.close()
+
+
+def _remove_counter(protector: Protector, ref: CounterRef, label: str) -> None:
+    bank = protector.counter_bank()
+    try:
+        if bank is not None:
+            bank.remove(ref)
+    except StoreError as e:
+        log.warning("card %r: could not free its TPM counter %#010x: %s", label, ref.handle, e)
 
 
 def open_card(
@@ -212,6 +275,10 @@ def _open_locked(
         except (AuthFailed, BackendMismatch) as e:
             raise BackendMismatch(f"card {label!r}: cannot unseal its key: {e}") from None
         card_key, settings = CardSettings.open_payload(payload, label)
+        rollback = _rollback_guard(label, protector, settings, card_key)
+        if rollback is not None:
+            rollback.check(db)
+            db.commit_hook = rollback
         anti_hammer: AntiHammer | None = protector.anti_hammer()
         if anti_hammer is None:
             software = SoftwareAntiHammer(db, clock, salt)
@@ -229,10 +296,41 @@ def _open_locked(
             card_key=card_key,
             clock=clock,
             settings=settings,
+            rollback=rollback,
         )
     except BaseException:
         protector.close()
         raise
+
+
+def _rollback_guard(
+    label: str, protector: Protector, settings: CardSettings, card_key: bytes
+) -> RollbackGuard | None:
+    if settings.rollback_counter is None:
+        return None
+    bank = protector.counter_bank()
+    if bank is None:
+        raise CorruptStore(f"card {label!r}: a rollback counter on a backend without counters")
+    return RollbackGuard(label, bank, CounterRef(settings.rollback_counter), card_key)
+
+
+def _sealed_settings(
+    path: Path, label: str, backend: BackendSpec
+) -> tuple[Protector, CardSettings]:
+    """The backend and sealed settings of a card, without its lock or any check of its state."""
+    meta = read_meta(path / CARD_DB)
+    try:
+        identity = json.loads(meta["backend"])
+        sealed_key = meta["card_key"]
+    except (KeyError, ValueError) as e:
+        raise CorruptStore(f"card {label!r}: bad metadata ({e})") from None
+    protector = open_protector(backend, identity)
+    try:
+        _, settings = CardSettings.open_payload(protector.unseal(sealed_key), label)
+    except BaseException:
+        protector.close()
+        raise
+    return protector, settings
 
 
 def _wipe(directory: Path) -> None:
@@ -314,13 +412,41 @@ class CardStore:
             raise CorruptStore(f"card {name!r}: bad metadata ({e})") from None
         return CardInfo(name, path, kind, created, is_locked(path / CARD_LOCK))
 
-    def destroy(self, name: str) -> None:
-        """Delete a card that nobody has open; its sealed blobs are overwritten."""
+    def destroy(self, name: str, backend: BackendSpec | None = None) -> None:
+        """Delete a card that nobody has open; its sealed blobs are overwritten.
+
+        With ``backend``, its TPM rollback counter is freed too (also for a card
+        refused as rolled back); without, or when the TPM cannot be reached, the
+        counter stays defined in the TPM (logged).
+        """
         path = self.path_of(name)
         if not (path / CARD_DB).is_file():
             raise CardNotFound(name, path)
         trash = self.cards_dir / f".{name}.destroying-{secrets.token_hex(4)}"
         with CardLock(path / CARD_LOCK, name):
+            counter = self._counter_of(path, name, backend)
             os.rename(path, trash)
             _fsync_dir(self.cards_dir)
         _wipe(trash)
+        if counter is not None:
+            protector, ref = counter
+            try:
+                _remove_counter(protector, ref, name)
+            finally:
+                protector.close()
+
+    @staticmethod
+    def _counter_of(
+        path: Path, name: str, backend: BackendSpec | None
+    ) -> tuple[Protector, CounterRef] | None:
+        if backend is None or backend.kind != "tpm":
+            return None
+        try:
+            protector, settings = _sealed_settings(path, name, backend)
+        except StoreError as e:
+            log.warning("card %r: its TPM counter (if any) stays defined: %s", name, e)
+            return None
+        if settings.rollback_counter is None:
+            protector.close()
+            return None
+        return protector, CounterRef(settings.rollback_counter)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -57,8 +58,9 @@ from .errors import (
     BackendUnavailable,
     CorruptStore,
     LockedOut,
+    NoCounter,
 )
-from .protect import BackendInfo, BackendSpec, KeyVault, Protector
+from .protect import BackendInfo, BackendSpec, CounterBank, CounterRef, KeyVault, Protector
 
 # The C library prints every TPM error (each wrong PIN) to stderr unless told not to.
 os.environ.setdefault("TSS2_LOG", "all+NONE")
@@ -70,6 +72,7 @@ try:
         TPM2_ALG,
         TPM2_CAP,
         TPM2_HT,
+        TPM2_NT,
         TPM2_PT,
         TPM2_RC,
         TPM2_RH,
@@ -80,17 +83,20 @@ try:
         TPM2B_DATA,
         TPM2B_DIGEST,
         TPM2B_ECC_POINT,
+        TPM2B_NV_PUBLIC,
         TPM2B_PRIVATE,
         TPM2B_PUBLIC,
         TPM2B_PUBLIC_KEY_RSA,
         TPM2B_SENSITIVE,
         TPM2B_SENSITIVE_CREATE,
         TPM2B_SENSITIVE_DATA,
+        TPMA_NV,
         TPMA_OBJECT,
         TPMA_PERMANENT,
         TPMA_SESSION,
         TPMS_ECC_POINT,
         TPMS_KEYEDHASH_PARMS,
+        TPMS_NV_PUBLIC,
         TPMS_SENSITIVE_CREATE,
         TPMT_KEYEDHASH_SCHEME,
         TPMT_PUBLIC,
@@ -160,6 +166,18 @@ _KEY_BLOB_VERSION = 2
 _ECDSA_HASHES = {32: TPM2_ALG.SHA256, 48: TPM2_ALG.SHA384}
 #: Input the TPM refuses as such (not a TPM failure): an RSA block >= n, a point off the curve.
 _BAD_INPUT = (TPM2_RC.VALUE, TPM2_RC.ECC_POINT, TPM2_RC.NO_RESULT, TPM2_RC.SIZE, TPM2_RC.KEY)
+
+#: Rollback counters: NV counters (never decrease; a new one starts above every counter
+#: the TPM ever had) read and advanced with their own high-entropy authValue (noDA).
+_COUNTER_ATTRIBUTES = (
+    TPMA_NV.AUTHWRITE
+    | TPMA_NV.AUTHREAD
+    | TPMA_NV.NO_DA
+    | (TPM2_NT.COUNTER << TPMA_NV.TPM2_NT_SHIFT)
+)
+#: Handles for them come from the owner's range of the TCG handle registry.
+_COUNTER_FIRST = 0x01800000
+_COUNTER_RANGE = 0x00400000
 
 
 def _srk_template() -> Any:
@@ -471,6 +489,94 @@ class Tpm:
 
         return self._use_key(blob, auth, command)
 
+    # -- monotonic counters (NV counter indices) --------------------------------------------
+
+    def define_counter(self, auth: bytes, owner_auth: bytes) -> tuple[CounterRef, int]:
+        """A new NV counter at a free handle of the owner range, incremented once."""
+        for _ in range(16):
+            handle = _COUNTER_FIRST + secrets.randbelow(_COUNTER_RANGE)
+            try:
+                result = self._define_counter_at(handle, auth, owner_auth)
+            except AuthFailed:
+                raise NoCounter(
+                    "the TPM's owner authorisation is set and a new card's rollback counter (an"
+                    " NV index) needs it: vsc create with --owner-auth-file PATH,"
+                    " --owner-auth-prompt or VSC_OWNER_AUTH"
+                    + (" (the one given was refused)" if owner_auth else "")
+                ) from None
+            if result is not None:
+                return result
+        raise BackendError("no free NV handle found for a rollback counter")
+
+    def _define_counter_at(
+        self, handle: int, auth: bytes, owner_auth: bytes
+    ) -> tuple[CounterRef, int] | None:
+        public = TPM2B_NV_PUBLIC(
+            nvPublic=TPMS_NV_PUBLIC(
+                nvIndex=handle, nameAlg=TPM2_ALG.SHA256, attributes=_COUNTER_ATTRIBUTES, dataSize=8
+            )
+        )
+
+        def work(op: _Op) -> tuple[CounterRef, int] | None:
+            op.ctx.tr_set_auth(ESYS_TR.OWNER, owner_auth)
+            try:
+                index = op.ctx.nv_define_space(TPM2B_AUTH(auth), public, session1=op.session)
+            except TSS2_Exception as e:
+                if e.error == TPM2_RC.NV_DEFINED:
+                    return None  # taken: try another handle
+                raise
+            op.ctx.tr_set_auth(index, auth)
+            op.ctx.nv_increment(index, session1=op.session)  # a counter reads once written
+            return CounterRef(handle), _read_counter(op, index)
+
+        return self.run(work)
+
+    def _counter(self, op: _Op, ref: CounterRef, auth: bytes, *, check: bool = True) -> Any:
+        try:
+            index = op.ctx.tr_from_tpmpublic(ref.handle)
+        except TSS2_Exception as e:
+            if e.error == TPM2_RC.HANDLE:
+                raise CorruptStore(
+                    f"its rollback counter {ref.handle:#010x} is gone from the TPM"
+                ) from None
+            raise
+        # Whoever redefines the index cannot make it go back as long as it is a counter:
+        # a new counter starts above every value a counter of this TPM ever had. (Only
+        # a counter can be incremented: TPM2_NV_Increment checks that itself.)
+        if check and _nv_type(op, index) != TPM2_NT.COUNTER:
+            raise CorruptStore(
+                f"the TPM's NV index {ref.handle:#010x} is not the card's rollback counter"
+            )
+        op.ctx.tr_set_auth(index, auth)
+        return index
+
+    def read_counter(self, ref: CounterRef, auth: bytes) -> int:
+        return self.run(lambda op: _read_counter(op, self._counter(op, ref, auth)))
+
+    def increment_counter(self, ref: CounterRef, auth: bytes) -> None:
+        # The hot path (once per PIN try): an HMAC session keyed by the counter's own
+        # authValue keeps that off the wire; the command has no parameter to encrypt,
+        # so no salted session (and no SRK) is needed.
+        def work(op: _Op) -> None:
+            index = self._counter(op, ref, auth, check=False)
+            session = op.track(
+                op.ctx.start_auth_session(
+                    ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.HMAC, TPMT_SYM_DEF.parse("null"),
+                    TPM2_ALG.SHA256,
+                )
+            )  # fmt: skip
+            op.ctx.nv_increment(index, session1=session)
+
+        self.run(work)
+
+    def undefine_counter(self, ref: CounterRef, owner_auth: bytes) -> None:
+        def work(op: _Op) -> None:
+            index = self._counter(op, ref, b"")
+            op.ctx.tr_set_auth(ESYS_TR.OWNER, owner_auth)
+            op.ctx.nv_undefine_space(index, session1=op.session)
+
+        self.run(work)
+
     # -- information and dictionary-attack logic ------------------------------------------
 
     def properties(self, first: int, count: int) -> dict[int, int]:
@@ -631,6 +737,16 @@ def _storage_key(op: _Op) -> Any:
     return _make_storage_key(op)
 
 
+def _nv_type(op: _Op, index: Any) -> int:
+    public, _ = op.ctx.nv_read_public(index)
+    attributes = int(public.nvPublic.attributes)
+    return (attributes & int(TPMA_NV.TPM2_NT_MASK)) >> int(TPMA_NV.TPM2_NT_SHIFT)
+
+
+def _read_counter(op: _Op, index: Any) -> int:
+    return int.from_bytes(bytes(op.ctx.nv_read(index, 8, session1=op.session)), "big")
+
+
 def _fourcc(value: int) -> str:
     return value.to_bytes(4, "big").rstrip(b"\0").decode("ascii", "replace").strip()
 
@@ -696,11 +812,19 @@ def _flush_leftovers(ctx: Any) -> None:
 class TpmProtector(Protector):
     kind = "tpm"
 
-    def __init__(self, tpm: Tpm, srk: StorageKey, info: TpmInfo, lockout_auth: bytes) -> None:
+    def __init__(
+        self,
+        tpm: Tpm,
+        srk: StorageKey,
+        info: TpmInfo,
+        lockout_auth: bytes,
+        owner_auth: bytes = b"",
+    ) -> None:
         self.tpm = tpm
         self._srk = srk
         self._info = info
         self._lockout_auth = lockout_auth
+        self._owner_auth = owner_auth
 
     @classmethod
     def open(cls, spec: BackendSpec, identity: Mapping[str, str] | None) -> TpmProtector:
@@ -720,7 +844,7 @@ class TpmProtector(Protector):
                 " (its storage key differs: the store was copied from another machine, or"
                 " this TPM was cleared); it cannot be opened here"
             )
-        return cls(tpm, srk, tpm.info(), spec.lockout_auth)
+        return cls(tpm, srk, tpm.info(), spec.lockout_auth, spec.owner_auth)
 
     def seal(self, plaintext: bytes, *, auth: bytes | None = None) -> bytes:
         return self.tpm.seal(plaintext, auth)
@@ -739,8 +863,10 @@ class TpmProtector(Protector):
             hardware_anti_hammering=True,
             offline_guessing=False,
             weaknesses=(
-                "no rollback protection: an old copy of the store still opens on this TPM",
-                "keys are used in this process's memory once unsealed",
+                "a program running as the card's user with this TPM can unseal the card key"
+                " (no PIN needed): it reads the card's unbound records and can rewrite its files",
+                "cards made before TPM-resident keys keep their software keys and have no"
+                " rollback counter",
             ),
         )
 
@@ -753,6 +879,29 @@ class TpmProtector(Protector):
 
     def key_vault(self) -> TpmKeyVault:
         return TpmKeyVault(self.tpm)
+
+    def counter_bank(self) -> TpmCounterBank:
+        return TpmCounterBank(self.tpm, self._owner_auth)
+
+
+class TpmCounterBank(CounterBank):
+    """Rollback counters as NV counter indices of this TPM."""
+
+    def __init__(self, tpm: Tpm, owner_auth: bytes) -> None:
+        self.tpm = tpm
+        self._owner_auth = owner_auth
+
+    def define(self, auth: bytes) -> tuple[CounterRef, int]:
+        return self.tpm.define_counter(auth, self._owner_auth)
+
+    def read(self, ref: CounterRef, auth: bytes) -> int:
+        return self.tpm.read_counter(ref, auth)
+
+    def increment(self, ref: CounterRef, auth: bytes) -> None:
+        self.tpm.increment_counter(ref, auth)
+
+    def remove(self, ref: CounterRef) -> None:
+        self.tpm.undefine_counter(ref, self._owner_auth)
 
 
 class TpmKeyVault(KeyVault):
