@@ -3,12 +3,15 @@
 Theory of operation
 -------------------
 Every operation opens its own ESAPI connection to the configured TCTI (never
-a default one), creates the storage root key (SRK) from the standard
-ECC P-256 template, starts a salted HMAC session on it with parameter
-encryption, does its work and flushes everything. The SRK is deterministic
-(same TPM seed, same template, same key), so nothing stays loaded between
-operations: a second card process, a TPM without a resource manager (swtpm
-has 3 object slots), or the TPM's owner see no leftovers.
+a default one), gets the storage root key (SRK: the persisted one, see
+below, or vsc's own from the standard ECC P-256 template, made once per
+process and then loaded from its saved context, made afresh when the TPM no
+longer takes that context, e.g. after a restart), starts a salted HMAC
+session on it with parameter encryption, does its work and flushes
+everything. The SRK is deterministic (same TPM seed, same template, same
+key), so nothing stays loaded between operations: a second card process, a
+TPM without a resource manager (swtpm has 3 object slots), or the TPM's
+owner see no leftovers.
 
 A managed machine's TPM has its owner authorisation set and the SRK
 persisted at ``0x81000001`` (TCG's provisioning guidance; Windows does
@@ -266,6 +269,7 @@ class Tpm:
         #: The storage key a card was sealed under (None: the persisted one, else vsc's).
         self.wanted_srk = srk_name
         self._supported: dict[str, bool] = {}
+        self._srk_context: Any = None
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -281,6 +285,27 @@ class Tpm:
             yield ctx
         finally:
             ctx.close()
+
+    def saved_srk(self, ctx: Any) -> Any:
+        """vsc's storage key from the context saved when it was made, or None.
+
+        Loading a context is a fraction of the cost of TPM2_CreatePrimary. The
+        TPM refuses a context after a restart, or one it did not save (its
+        integrity key differs): the key is then made again (and saved again).
+        """
+        if self._srk_context is None:
+            return None
+        try:
+            return ctx.context_load(self._srk_context)
+        except TSS2_Exception as e:
+            if int(e.rc) & _LAYER_MASK:  # the connection or the TSS failed, not the TPM
+                raise
+            self._srk_context = None
+            return None
+
+    def save_srk(self, ctx: Any, handle: Any) -> None:
+        with contextlib.suppress(TSS2_Exception):
+            self._srk_context = ctx.context_save(handle)
 
     def run(self, work: Callable[[_Op], _T]) -> _T:
         """Run ``work`` on a fresh connection; TPM errors become store errors."""
@@ -726,15 +751,23 @@ def _make_storage_key(op: _Op) -> Any:
 
 
 def _storage_key(op: _Op) -> Any:
-    """The persisted storage key when there is one (and it is the one wanted), else vsc's."""
-    wanted = op._tpm.wanted_srk if op._tpm is not None else None
+    """The persisted storage key when there is one (and it is the one wanted), else vsc's
+    (its saved context when this process made it before)."""
+    tpm = op._tpm
+    saved = tpm.saved_srk(op.ctx) if tpm is not None else None
+    if saved is not None:
+        return op.track(saved)
+    wanted = tpm.wanted_srk if tpm is not None else None
     persisted = _persisted_srk(op.ctx)
     if persisted is not None:
         if wanted is None or bytes(op.ctx.tr_get_name(persisted).marshal()) == wanted:
             op.srk_persisted = True
             return persisted
         op.ctx.tr_close(persisted)
-    return _make_storage_key(op)
+    handle = _make_storage_key(op)
+    if tpm is not None:
+        tpm.save_srk(op.ctx, handle)
+    return handle
 
 
 def _nv_type(op: _Op, index: Any) -> int:
