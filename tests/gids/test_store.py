@@ -29,12 +29,14 @@ from applets.gids.host import (
     send,
 )
 from applets.gids.state import Reference
+from applets.piv.handles import KeyLocation
 from vsc import Card
 from vsc.apdu import CommandApdu
 from vsc.lifecycle import AuditLog
 from vsc.store import BackendSpec, CardStore, CorruptStore, StoredCard, bound
 from vsc.store.gids import BINDING, RECORD, StoredGidsApplet, open_gids
 from vsc.store.store import CARD_DB
+from vsc.testing.swtpm import Swtpm
 from vsc.tlv import parse_dict, parse_tlv
 
 PIN = b"pin-4e1d7b22"
@@ -254,3 +256,22 @@ def test_a_card_missing_its_record_is_refused_not_reset(cards: Cards) -> None:
         assert stored.names("gids/key/")  # nothing was wiped
     finally:
         stored.close()
+
+
+def test_keys_live_in_the_tpm_on_the_tpm_backend(store: CardStore, swtpm: Swtpm) -> None:
+    """A GIDS key generated on a tpm card is made by the TPM and used there: its record is
+    the TPM's wrapped blob (fixedTPM, fixedParent, sensitiveDataOrigin) and its authValue."""
+    from vsc.store.tpm import _KEY_BLOB_VERSION, _parse_blob
+    from vsc.store.tpmkeys import decode_record, is_tpm_record
+
+    card, key = Cards(store, BackendSpec.tpm(swtpm.tcti)).personalised()
+    digest = hashlib.sha256(b"signed in the TPM").digest()
+    _check(key, card.sign(digest), digest)
+    info = card.applet.keys.get(0x81)
+    assert info is not None and info.location == KeyLocation.TPM
+    record = card.stored.get("gids/key/81/key")
+    assert record is not None and is_tpm_record(record)
+    _, public = _parse_blob(decode_record(0x81, record)[1], _KEY_BLOB_VERSION)
+    attributes = str(public.publicArea.objectAttributes)
+    assert all(a in attributes for a in ("fixedtpm", "fixedparent", "sensitivedataorigin"))
+    card.close()

@@ -62,6 +62,7 @@ from vsc.store import (
     BackendSpec,
     CardExists,
     CardInUse,
+    CardSettings,
     CardStore,
     StoreError,
     default_store_path,
@@ -277,7 +278,31 @@ def register(subparsers: Subparsers) -> None:
         metavar="SECONDS",
         help="one wrong admin-key answer forgiven per this many seconds (default 3600)",
     )
+    create.add_argument(
+        "--pcr",
+        type=_pcr_list,
+        default=(),
+        metavar="N[,N...]",
+        help="tpm backend: seal the card to these PCRs (SHA-256 bank) as they are now, e.g. 7"
+        " (Secure Boot state); after a legitimate change, `vsc rebind-pcr NAME` re-binds it",
+    )
+    create.add_argument(
+        "--software-keys",
+        action="store_true",
+        help="tpm backend: allow keys the TPM cannot hold (RSA-4096, Ed25519, X25519) in"
+        " software, marked so; without it they are refused",
+    )
     create.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rebind = add(
+        "rebind-pcr",
+        _rebind_pcr,
+        "seal a card made with --pcr to the PCRs as they are now, after a legitimate change"
+        " of the boot state (needs the PIN and the admin key)",
+    )
+    rebind.add_argument("name")
+    _pin_options(rebind, "the card's PIN")
+    _admin_key_options(rebind)
 
     list_ = add("list", _list, "the cards of the store")
     list_.add_argument("--json", action="store_true", help="machine-readable output")
@@ -581,6 +606,27 @@ def _password(args: argparse.Namespace) -> bytes | None:
 # -- commands ------------------------------------------------------------------------------
 
 
+def _pcr_list(text: str) -> tuple[int, ...]:
+    try:
+        pcrs = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of PCR numbers: {text!r}") from None
+    if not pcrs or not all(0 <= p <= 23 for p in pcrs):
+        raise argparse.ArgumentTypeError("PCRs are numbered 0 to 23")
+    return pcrs
+
+
+@_guarded
+def _rebind_pcr(args: argparse.Namespace) -> int:
+    manager = _manager(args)
+    pin = _ask_secret("PIN: ") if args.pin_prompt else _pin(args, "PIN: ")
+    if pin is None:
+        raise UsageError("this needs the card's PIN: --pin-prompt (or --pin)")
+    pcrs = manager.rebind_pcrs(args.name, pin, _admin_key(args))
+    print(f"Card {args.name} is sealed to PCR {','.join(map(str, pcrs))} as they are now.")
+    return EXIT_OK
+
+
 @_guarded
 def _create(args: argparse.Namespace) -> int:
     manager = _manager(args)
@@ -598,6 +644,8 @@ def _create(args: argparse.Namespace) -> int:
         )
     admin_key = chosen_key.value if chosen_key is not None else "random"
     if args.applet == "gids":
+        if args.pcr or args.software_keys:
+            raise UsageError("--pcr and --software-keys are for PIV cards (for now)")
         pin, how = _new_pin(args, manager, gids_cli.pin_rules(args), check=False)
         return gids_cli.create(
             args,
@@ -625,6 +673,7 @@ def _create(args: argparse.Namespace) -> int:
         kwargs["serial"] = args.serial
     created = manager.create(
         args.name,
+        settings=CardSettings(software_keys=args.software_keys, pcrs=args.pcr),
         profile=profile.name,
         pin=pin,
         puk=args.puk,
@@ -730,6 +779,7 @@ def _print_report(r: CardReport) -> None:
     if not r.hardware_bound:
         print("                 not hardware-bound: " + "; ".join(r.weaknesses))
     print(f"  rollback:      {r.rollback}")
+    print(f"  boot state:    {r.boot_state}")
     print(f"  state:         {r.lock}")
     if r.pending:
         print(f"  challenge:     outstanding, to {r.pending}")

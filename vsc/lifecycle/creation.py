@@ -20,7 +20,7 @@ from applets.piv.mgmt import ManagementKey, ManagementKeyType
 from applets.piv.objects import certificate_object, certificate_value
 from applets.piv.pinrules import PinRules
 from applets.piv.state import DEFAULT_PIN, DEFAULT_PUK, DEFAULT_TRIES, Reference
-from vsc.store import StoredCard
+from vsc.store import CardSettings, StoredCard
 from vsc.store.errors import CardExists, StoreError
 from vsc.store.piv import BINDING, StoredPivApplet, StoredPivData, open_piv
 
@@ -105,6 +105,7 @@ class Creating(ManagerBase):
         pin_tries: int = DEFAULT_TRIES,
         puk_tries: int = DEFAULT_TRIES,
         pin_generated: bool = False,
+        settings: CardSettings | None = None,
     ) -> Created:
         """Create and personalise a managed card (``tpmvscmgr create``).
 
@@ -116,6 +117,8 @@ class Creating(ManagerBase):
         or a :class:`ManagementKey`. ``pin_tries`` and ``puk_tries``: wrong
         values before each blocks (1 to :data:`MAX_TRIES`). ``pin_generated``: the
         caller made ``pin`` at random (the audit says so; never the PIN).
+        ``settings``: what the card fixes at creation (software keys allowed, PCR
+        binding).
         """
         for what, tries in (("PIN", pin_tries), ("PUK", puk_tries)):
             if not 1 <= tries <= MAX_TRIES:
@@ -136,7 +139,7 @@ class Creating(ManagerBase):
             if self.store.exists(name):
                 raise CardExists(name, self.store.path_of(name))
             with self.reserve(spec, name):
-                stored = self.store.create(name, spec)
+                stored = self.store.create(name, spec, settings=settings)
         try:
             created_serial, generated = self._personalise(
                 stored,

@@ -20,7 +20,8 @@ Each verb lives with its job, as a mixin on :class:`~.base.ManagerBase`
 * :mod:`.reports`: ``list``, ``info`` and their reports;
 * :mod:`.helpdesk`: ``lock`` and the offline ``unlock`` / ``unblock``;
 * :mod:`.provisioning`: ``provision``, ``renew``, ``reprovision``,
-  ``signing_request``.
+  ``signing_request``;
+* :mod:`.bootstate`: ``rebind-pcr``.
 
 Everything that happens is appended to the store's audit log
 (:mod:`vsc.lifecycle.audit`), without secrets.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from .adminkey import parse_admin_key
 from .base import PENDING_LIFETIME, pin_block
+from .bootstate import BootStateBinding
 from .capacity import DEFAULT_CAPACITY
 from .creation import Created, Creating
 from .helpdesk import Helpdesk, Pending
@@ -50,7 +52,7 @@ __all__ = [
 ]
 
 
-class CardManager(Creating, Reporting, Helpdesk, Provisioning):
+class CardManager(Creating, Reporting, Helpdesk, Provisioning, BootStateBinding):
     """Lifecycle operations on the cards of ``store``, protected by ``backend``.
 
     ``backend`` may be None for operations that need no card key (list,

@@ -132,6 +132,8 @@ class CardReport:
     slots: tuple[SlotReport, ...]
     #: Rollback protection: the TPM counter and whether the files are in step with it.
     rollback: str = ""
+    #: The PCRs the card key is sealed to, or that it is not bound to the boot state.
+    boot_state: str = ""
 
 
 def describe_lock(managed: Managed | None, now: float) -> str:
@@ -283,4 +285,5 @@ class Reporting(ManagerBase):
                 pending=pending.request.describe() if pending else None,
                 slots=tuple(slots),
                 rollback=stored.rollback_summary,
+                boot_state=stored.boot_state_summary,
             )

@@ -32,6 +32,8 @@ from .errors import (
     CounterBlocked,
     InvalidName,
     LockedOut,
+    PcrMismatch,
+    RolledBack,
     StorageFailure,
     StoreError,
 )
@@ -40,6 +42,7 @@ from .settings import CardSettings
 from .store import (
     CardInfo,
     CardStore,
+    Recovery,
     create_card,
     default_store_path,
     open_card,
@@ -76,7 +79,10 @@ __all__ = [
     "KeyVault",
     "LockedOut",
     "ManualClock",
+    "PcrMismatch",
     "Protector",
+    "Recovery",
+    "RolledBack",
     "StorageFailure",
     "StoreError",
     "StoredCard",

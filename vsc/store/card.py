@@ -86,6 +86,27 @@ def bound(binding: str) -> str:
     return _BOUND + _check_key("binding", binding)
 
 
+def record_aad(card_id: bytes, name: str, protection: str) -> bytes:
+    """The associated data of record ``name`` of card ``card_id``."""
+    # Bound records leave their name out so that rename() can move them without
+    # the PIN (PIV MOVE KEY needs only the management key).
+    label = protection if protection.startswith(_BOUND) else f"{protection}\0{name}"
+    return b"vsc/record/v1\0" + card_id + b"\0" + label.encode()
+
+
+def binding_auth(
+    protector: Protector, salt: bytes, card_id: bytes, binding: str, role: str, secret: bytes
+) -> bytes:
+    """The authorisation value ``role``'s seal of ``binding`` is sealed under."""
+    label = f"{binding}\0{role}".encode()
+    return protector.derive_auth(salt + card_id, label, bytes(secret))
+
+
+def recovery_record(binding: str) -> str:
+    """The record holding a copy of the card key readable with ``binding`` (PCR-bound cards)."""
+    return f"pcr-recovery/{binding}"
+
+
 def _check_key(kind: str, name: str) -> str:
     if not isinstance(name, str) or not _KEY_RE.fullmatch(name):
         raise InvalidName(f"bad {kind} name {name!r}")
@@ -182,6 +203,26 @@ class StoredCard:
         )
 
     @property
+    def boot_state_summary(self) -> str:
+        """Whether the card key is sealed to PCRs (the boot state), and to which."""
+        if not self.settings.pcrs:
+            return "not bound (the card opens in any boot state of this machine)"
+        pcrs = ",".join(str(p) for p in self.settings.pcrs)
+        return f"sealed to PCR {pcrs} (SHA-256 bank); after a legitimate change: vsc rebind-pcr"
+
+    def reseal_to_boot_state(self) -> None:
+        """Seal the card key again to the PCRs' values now (after a legitimate change)."""
+        if not self.settings.pcrs:
+            raise StoreError(f"card {self.name!r} is not bound to the boot state")
+        sealed = self._protector.seal_to_pcrs(
+            self.settings.seal_payload(self._card_key), self.settings.pcrs
+        )
+        db = self._open()
+        with db.transaction():
+            db.write("UPDATE meta SET value = ? WHERE key = 'card_key'", (sealed,))
+            db.request_scrub()
+
+    @property
     def anti_hammer(self) -> AntiHammer:
         return self._anti_hammer
 
@@ -234,10 +275,7 @@ class StoredCard:
     # -- records ------------------------------------------------------------------------
 
     def _aad(self, name: str, protection: str) -> bytes:
-        # Bound records leave their name out so that rename() can move them without
-        # the PIN (PIV MOVE KEY needs only the management key).
-        label = protection if protection.startswith(_BOUND) else f"{protection}\0{name}"
-        return b"vsc/record/v1\0" + self.card_id + b"\0" + label.encode()
+        return record_aad(self.card_id, name, protection)
 
     def put(self, name: str, value: bytes, *, protection: str = CARD) -> None:
         """Store ``value`` under ``name`` (replacing any old value), durably.
@@ -444,8 +482,7 @@ class StoredCard:
         return bytes(row[0])
 
     def _auth(self, binding: str, role: str, secret: bytes) -> bytes:
-        label = f"{binding}\0{role}".encode()
-        return self._protector.derive_auth(self._salt + self.card_id, label, bytes(secret))
+        return binding_auth(self._protector, self._salt, self.card_id, binding, role, secret)
 
     def bindings(self) -> dict[str, tuple[str, ...]]:
         """Each binding with its roles."""
@@ -480,6 +517,11 @@ class StoredCard:
             )
             for row in blobs:
                 db.write("INSERT INTO binding_seals (binding, role, blob) VALUES (?, ?, ?)", row)
+            if self.settings.pcrs:
+                # Whoever can open the binding (the PIN) can re-bind the card after a
+                # legitimate change of the boot state (vsc.store.store.open_card's recover).
+                payload = self.settings.seal_payload(self._card_key)
+                self.put(recovery_record(binding), payload, protection=bound(binding))
         self._unlocked[binding] = private
 
     def unlock(self, binding: str, role: str, secret: bytes, *, counter: str | None = None) -> None:

@@ -95,6 +95,10 @@ class BackendMismatch(BackendError):
     """The card was sealed by another backend: another TPM, key file or passphrase."""
 
 
+class PcrMismatch(BackendMismatch):
+    """A secret sealed to the boot state (PCR values) and the boot state changed."""
+
+
 class AuthFailed(StoreError):
     """A wrong PIN, PUK or other authorisation value (counted by the anti-hammering logic).
 

@@ -207,6 +207,13 @@ class Protector(ABC):
     def unseal(self, blob: bytes, *, auth: bytes | None = None) -> bytes:
         """Inverse of :meth:`seal`. :class:`AuthFailed` on a wrong ``auth``."""
 
+    def seal_to_pcrs(self, plaintext: bytes, pcrs: tuple[int, ...]) -> bytes:
+        """A blob :meth:`unseal` opens only while ``pcrs`` (SHA-256 bank) hold today's
+        values (:class:`PcrMismatch` otherwise). Only a TPM can do that."""
+        raise BackendError(
+            f"binding to the boot state (PCRs) needs the tpm backend, not {self.kind}"
+        )
+
     @abstractmethod
     def describe(self) -> BackendInfo: ...
 

@@ -25,13 +25,13 @@ import secrets
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .antihammer import WINDOWS_DEFAULTS, AntiHammer, DaParameters, SoftwareAntiHammer
-from .card import StoredCard
+from .card import StoredCard, binding_auth, record_aad, recovery_record
 from .clock import Clock, SystemClock
-from .crypto import random_key
+from .crypto import DecryptionFailed, open_sealed, random_key, x25519_public
 from .db import Database, read_meta
 from .errors import (
     AuthFailed,
@@ -41,6 +41,7 @@ from .errors import (
     CorruptStore,
     InvalidName,
     NoCounter,
+    PcrMismatch,
     StoreError,
     os_storage_failure,
 )
@@ -195,7 +196,11 @@ def _write_files(
         "salt": salt,
         "created": repr(time.time()).encode(),
         "backend": json.dumps(protector.identity(), sort_keys=True).encode(),
-        "card_key": protector.seal(settings.seal_payload(card_key)),
+        "card_key": (
+            protector.seal_to_pcrs(settings.seal_payload(card_key), settings.pcrs)
+            if settings.pcrs
+            else protector.seal(settings.seal_payload(card_key))
+        ),
     }
     db = Database(directory / CARD_DB, create=True)
     try:
@@ -233,11 +238,15 @@ def open_card(
     *,
     name: str | None = None,
     clock: Clock | None = None,
+    recover: Recovery | None = None,
 ) -> StoredCard:
     """Open the card at ``path``: take its lock, check the backend, unseal the card key.
 
     :class:`CardInUse` if another process has it open; :class:`BackendMismatch`
-    if ``backend`` is not the TPM / key the card was sealed with.
+    if ``backend`` is not the TPM / key the card was sealed with;
+    :class:`PcrMismatch` if the card is bound to a boot state that changed
+    (unless ``recover`` opens it: then re-seal with
+    :meth:`StoredCard.reseal_to_boot_state` once the caller is satisfied).
     """
     path = Path(path)
     label = name or path.name
@@ -249,7 +258,7 @@ def open_card(
     try:
         db = Database(path / CARD_DB)
         try:
-            return _open_locked(path, label, lock, db, backend, clock)
+            return _open_locked(path, label, lock, db, backend, clock, recover)
         except BaseException:
             db.close()
             raise
@@ -258,8 +267,52 @@ def open_card(
         raise
 
 
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """How to open a card bound to a boot state that changed: a role of one of its bindings
+    (the PIN) opens the copy of the card key kept for that (see :meth:`StoredCard.create_binding`).
+    """
+
+    binding: str
+    role: str
+    secret: bytes = field(repr=False)
+
+
+def _recover(
+    db: Database, protector: Protector, card_id: bytes, salt: bytes, how: Recovery, label: str
+) -> bytes:
+    """The card key payload from the recovery record; the TPM checks (and counts) the secret."""
+    seal = db.one(
+        "SELECT blob FROM binding_seals WHERE binding = ? AND role = ?", (how.binding, how.role)
+    )
+    bound_to = db.one("SELECT public FROM bindings WHERE name = ?", (how.binding,))
+    name = recovery_record(how.binding)
+    record = db.one("SELECT protection, value FROM records WHERE name = ?", (name,))
+    if seal is None or bound_to is None or record is None:
+        raise CorruptStore(f"card {label!r} has no copy of its key for {how.binding}/{how.role}")
+    auth = binding_auth(protector, salt, card_id, how.binding, how.role, how.secret)
+    try:
+        private = protector.unseal(bytes(seal[0]), auth=auth)
+    except AuthFailed:
+        raise AuthFailed(f"card {label!r}: wrong {how.role}") from None
+    if x25519_public(private) != bytes(bound_to[0]):
+        raise CorruptStore(f"card {label!r}: binding {how.binding!r} is inconsistent")
+    try:
+        payload = open_sealed(private, bytes(record[1]), record_aad(card_id, name, str(record[0])))
+    except DecryptionFailed:
+        raise CorruptStore(f"card {label!r}: its key's recovery copy fails its check") from None
+    log.warning("card %r: opened with its %s after a change of the boot state", label, how.role)
+    return payload
+
+
 def _open_locked(
-    path: Path, label: str, lock: CardLock, db: Database, backend: BackendSpec, clock: Clock
+    path: Path,
+    label: str,
+    lock: CardLock,
+    db: Database,
+    backend: BackendSpec,
+    clock: Clock,
+    recover: Recovery | None = None,
 ) -> StoredCard:
     db.check_format()
     meta = db.meta()
@@ -272,6 +325,14 @@ def _open_locked(
     try:
         try:
             payload = protector.unseal(sealed_key)
+        except PcrMismatch as e:
+            if recover is None:
+                raise PcrMismatch(
+                    f"card {label!r} is bound to the boot state and {e}. If the change was"
+                    " legitimate (a firmware, boot loader or kernel update), re-bind the card"
+                    f" with its PIN and admin key: vsc rebind-pcr {label}"
+                ) from None
+            payload = _recover(db, protector, card_id, salt, recover, label)
         except (AuthFailed, BackendMismatch) as e:
             raise BackendMismatch(f"card {label!r}: cannot unseal its key: {e}") from None
         card_key, settings = CardSettings.open_payload(payload, label)
@@ -397,8 +458,10 @@ class CardStore:
             settings=settings,
         )
 
-    def open(self, name: str, backend: BackendSpec) -> StoredCard:
-        return open_card(self.path_of(name), backend, name=name, clock=self.clock)
+    def open(
+        self, name: str, backend: BackendSpec, *, recover: Recovery | None = None
+    ) -> StoredCard:
+        return open_card(self.path_of(name), backend, name=name, clock=self.clock, recover=recover)
 
     def info(self, name: str) -> CardInfo:
         path = self.path_of(name)

@@ -62,6 +62,7 @@ from .errors import (
     CorruptStore,
     LockedOut,
     NoCounter,
+    PcrMismatch,
 )
 from .protect import BackendInfo, BackendSpec, CounterBank, CounterRef, KeyVault, Protector
 
@@ -97,6 +98,7 @@ try:
         TPMA_OBJECT,
         TPMA_PERMANENT,
         TPMA_SESSION,
+        TPML_PCR_SELECTION,
         TPMS_ECC_POINT,
         TPMS_KEYEDHASH_PARMS,
         TPMS_NV_PUBLIC,
@@ -122,6 +124,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _BLOB_VERSION = 1
+#: A sealed blob whose policy is PolicyPCR: ``03 | n | n PCR indices | private | public``.
+_PCR_BLOB_VERSION = 3
 #: TPM2B_SENSITIVE_DATA holds at most MAX_SYM_DATA (128) bytes.
 MAX_SEALED_SIZE = 128
 _TCTI_LAYER = 10 << 16
@@ -371,7 +375,70 @@ class Tpm:
 
         return self.run(work)
 
+    def seal_pcrs(self, data: bytes, pcrs: tuple[int, ...]) -> bytes:
+        """Seal ``data`` to the values ``pcrs`` (SHA-256 bank) hold now (PolicyPCR, no auth).
+
+        The object has no authValue use (``userWithAuth`` clear) and is ``noDA``:
+        only a policy session in which the TPM found the same PCR values opens it.
+        """
+        if len(data) > MAX_SEALED_SIZE:
+            raise ValueError(f"the TPM seals at most {MAX_SEALED_SIZE} bytes")
+        if not pcrs or len(set(pcrs)) != len(pcrs) or not all(0 <= p < 24 for p in pcrs):
+            raise ValueError("PCRs are distinct numbers from 0 to 23")
+        selection = _pcr_selection(pcrs)
+        sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(data)))
+        template = _sealed_template(da_protected=False)
+        template.publicArea.objectAttributes &= ~TPMA_OBJECT.USERWITHAUTH
+
+        def work(op: _Op) -> bytes:
+            trial = op.track(
+                op.ctx.start_auth_session(
+                    ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, TPMT_SYM_DEF.parse("null"),
+                    TPM2_ALG.SHA256,
+                )
+            )  # fmt: skip
+            op.ctx.policy_pcr(trial, TPM2B_DIGEST(), selection)
+            template.publicArea.authPolicy = op.ctx.policy_get_digest(trial)
+            private, public, *_ = op.ctx.create(op.srk, sensitive, template, session1=op.session)
+            head = bytes([_PCR_BLOB_VERSION, len(pcrs), *pcrs])
+            return head + bytes(private.marshal()) + bytes(public.marshal())
+
+        return self.run(work)
+
+    def _unseal_pcrs(self, blob: bytes) -> bytes:
+        count = blob[1] if len(blob) > 1 else 0
+        pcrs = tuple(blob[2 : 2 + count])
+        private, public = _parse_blob(bytes([_BLOB_VERSION]) + blob[2 + count :])
+        selection = _pcr_selection(pcrs)
+
+        def work(op: _Op) -> bytes:
+            handle = op.track(_load(op, private, public))
+            policy = op.track(
+                op.ctx.start_auth_session(
+                    op.srk, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF.parse("aes128cfb"),
+                    TPM2_ALG.SHA256,
+                )
+            )  # fmt: skip
+            op.ctx.trsess_set_attributes(
+                policy, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT
+            )
+            try:
+                op.ctx.policy_pcr(policy, TPM2B_DIGEST(), selection)
+                return bytes(op.ctx.unseal(handle, session1=policy))
+            except TSS2_Exception as e:
+                if e.error in (TPM2_RC.POLICY_FAIL, TPM2_RC.PCR_CHANGED, TPM2_RC.VALUE):
+                    names = ", ".join(str(p) for p in pcrs)
+                    raise PcrMismatch(
+                        f"the boot state changed: PCR {names} no longer hold the values the"
+                        " secret was sealed to"
+                    ) from None
+                raise
+
+        return self.run(work)
+
     def unseal(self, blob: bytes, auth: bytes | None) -> bytes:
+        if blob[:1] == bytes([_PCR_BLOB_VERSION]):
+            return self._unseal_pcrs(blob)
         private, public = _parse_blob(blob)
 
         def work(op: _Op) -> bytes:
@@ -776,6 +843,10 @@ def _nv_type(op: _Op, index: Any) -> int:
     return (attributes & int(TPMA_NV.TPM2_NT_MASK)) >> int(TPMA_NV.TPM2_NT_SHIFT)
 
 
+def _pcr_selection(pcrs: tuple[int, ...]) -> Any:
+    return TPML_PCR_SELECTION.parse("sha256:" + ",".join(str(p) for p in sorted(pcrs)))
+
+
 def _read_counter(op: _Op, index: Any) -> int:
     return int.from_bytes(bytes(op.ctx.nv_read(index, 8, session1=op.session)), "big")
 
@@ -884,6 +955,9 @@ class TpmProtector(Protector):
 
     def unseal(self, blob: bytes, *, auth: bytes | None = None) -> bytes:
         return self.tpm.unseal(blob, auth)
+
+    def seal_to_pcrs(self, plaintext: bytes, pcrs: tuple[int, ...]) -> bytes:
+        return self.tpm.seal_pcrs(plaintext, pcrs)
 
     def describe(self) -> BackendInfo:
         return BackendInfo(
