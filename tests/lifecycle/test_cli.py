@@ -28,10 +28,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
+from yubikit.core.smartcard import ApduError as YubikitApduError
+from yubikit.piv import KEY_TYPE, MANAGEMENT_KEY_TYPE, SLOT, PivSession
 
 from applets.piv import PivApplet
 from vsc.emulator import open_card
-from vsc.inproc import CardConnection
+from vsc.inproc import CardConnection, YubikitConnection
 from vsc.lifecycle import CardManager, Request, parse_duration
 from vsc.lifecycle.gids import GidsCards
 from vsc.lifecycle.tpmstatus import DEVICES
@@ -156,10 +158,22 @@ def test_more_cards_than_the_tpm_holds_are_refused(vsc: Vsc) -> None:
 
 
 def test_the_ecc_policy_of_a_tpm_card_is_shown(vsc: Vsc, plain: Vsc) -> None:
-    create(vsc, "y57", "--profile", "yubikey-5.7")
+    admin_key = bytes.fromhex(str(create(vsc, "y57", "--profile", "yubikey-5.7")["admin_key"]))
     info = vsc.run("info", "y57", "--json").json()
     assert info["ecc"].startswith("P-256, P-384 in the TPM")
     assert info["ecc"].endswith("Ed25519, X25519 refused: no TPM 2.0 holds them")
+    # What info says is what the card does.
+    card, stored = open_card("y57", tpm_backend(vsc), store=vsc.store)
+    try:
+        session = PivSession(YubikitConnection(card))
+        session.authenticate(MANAGEMENT_KEY_TYPE.AES192, admin_key)
+        for refused in (KEY_TYPE.ED25519, KEY_TYPE.X25519):
+            with pytest.raises(YubikitApduError) as e:
+                session.generate_key(SLOT.AUTHENTICATION, refused)
+            assert e.value.sw == 0x6A80
+        session.generate_key(SLOT.AUTHENTICATION, KEY_TYPE.ECCP384)
+    finally:
+        stored.close()
     create(vsc, "w", "--profile", "windows")
     assert "ECC keys:      P-256, P-384 in the TPM" in vsc.run("info", "w").stdout
     create(plain, "soft", "--profile", "yubikey-5.7")
