@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -328,8 +329,15 @@ class GidsSecurityMachine(RuleBasedStateMachine):
         channel = self.gids_channel(data)
         session, m = self.gids(channel), self.model
         pending = session.challenge
-        key = m.admin_key if which == "current" else OTHER_KEYS[0]
-        answer = tdes_cbc(key, pending[0] if pending is not None else bytes(8))
+        challenge = pending[0] if pending is not None else bytes(8)
+        # A wrong answer is made with a key other than the current one (which may by now be
+        # one of OTHER_KEYS); whether it is right is decided by the cipher, not by the label:
+        # 3DES keys that differ only in parity bits, or in a half that cancels, answer alike.
+        key = m.admin_key
+        if which == "wrong":
+            key = next(k for k in (*OTHER_KEYS, ADMIN_KEY) if k != m.admin_key)
+        answer = tdes_cbc(key, challenge)
+        right = answer == tdes_cbc(m.admin_key, challenge)
         _, sw = self.send(channel, 0x87, 0, 0, tlv(0x7C, tlv(0x82, answer)))
         if session.env != (0xA4, 0x80):
             self.expect("GA answer without the environment", sw, CONDITIONS)
@@ -340,7 +348,7 @@ class GidsSecurityMachine(RuleBasedStateMachine):
         elif m.admin_left == 0:
             self.expect("GA answer, admin key blocked", sw, BLOCKED)
             session.admin = False
-        elif which == "current":
+        elif right:
             self.expect("GA right answer", sw, OK)
             m.admin_left, session.admin = ADMIN_TRIES, True
         else:
@@ -618,3 +626,26 @@ def test_the_model_catches_a_broken_applet(broken: type[GidsApplet]) -> None:
     )
     with pytest.raises(AssertionError):
         run_state_machine_as_test(Machine, settings=quick)
+
+
+class _FirstChannel:
+    """Stands in for hypothesis' ``data`` when a test replays a sequence of rules by hand."""
+
+    def draw(self, strategy: object, label: str | None = None) -> int:
+        return 0
+
+
+def test_a_wrong_answer_stays_wrong_after_the_key_is_replaced_by_it() -> None:
+    # Found in full-suite runs: the administrator key replaced by the all-zeros key,
+    # which the model also used to compute its "wrong" answers.
+    machine, data = GidsSecurityMachine(), cast(st.DataObject, _FirstChannel())
+    machine.request_challenge(data)
+    machine.answer_challenge(data, "current")
+    machine.replace_admin_key(data, OTHER_KEYS[0])
+    machine.request_challenge(data)
+    machine.answer_challenge(data, "wrong")
+    assert machine.model.admin_left == ADMIN_TRIES - 1
+    machine.request_challenge(data)
+    machine.answer_challenge(data, "current")
+    assert machine.model.admin_left == ADMIN_TRIES
+    machine.teardown()
