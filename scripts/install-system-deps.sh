@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   pcscd vsmartcard-vpcd vsmartcard-vpicc opensc yubico-piv-tool pcsc-tools
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config swig libpcsclite-dev
-  util-linux procps openssl python3-pycryptodome iproute2
+  util-linux procps openssl python3-pycryptodome iproute2 openssh-client
 )
 
 missing=()
