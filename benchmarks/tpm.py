@@ -176,7 +176,7 @@ def _backend_rows(
     piv_path = directory / f"{label.split()[0]}-piv"
     stored = create_card(piv_path, spec)
     try:
-        _provision(open_piv(stored)).power_off()
+        _provision(open_piv(stored, provision=True)).power_off()
     finally:
         stored.close()
 

@@ -84,7 +84,7 @@ class Cards:
         stored = (
             self.store.open(name, self.backend) if exists else self.store.create(name, self.backend)
         )
-        applet = open_gids(stored)
+        applet = open_gids(stored, provision=not exists)
         card = Card([applet], atr=GIDS_ATR, default=applet)
         return Stored(stored, applet, card)
 
@@ -251,7 +251,7 @@ def test_a_card_missing_its_record_is_refused_not_reset(cards: Cards) -> None:
     card.close()
     stored = cards.store.open("alice", cards.backend)
     try:
-        with pytest.raises(CorruptStore, match="GIDS data without its record"):
+        with pytest.raises(CorruptStore, match="its GIDS record gids/record is missing"):
             open_gids(stored)
         assert stored.names("gids/key/")  # nothing was wiped
     finally:

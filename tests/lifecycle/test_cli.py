@@ -143,7 +143,13 @@ def test_create_list_info_destroy(vsc: Vsc) -> None:
     assert not (vsc.store / "cards" / "alice").exists()
     gone = vsc.run("info", "alice", status=1)
     assert "no card 'alice'" in gone.stderr
-    assert [e["event"] for e in vsc.audit.events("alice")] == ["create", "personalise", "destroy"]
+    events = [(e["event"], e["outcome"]) for e in vsc.audit.events("alice")]
+    assert events == [
+        ("create", "success"),
+        ("personalise", "success"),
+        ("create", "refused"),  # the second create: the card exists
+        ("destroy", "success"),
+    ]
     assert admin_key.lower() not in vsc.audit_text()
 
 
@@ -229,7 +235,13 @@ def test_the_pin_policy_is_enforced_in_the_cli(vsc: Vsc) -> None:
         # Through the card: CHANGE REFERENCE DATA refuses a PIN the policy refuses.
         assert card.sw(0x24, 0x00, 0x80, block(PIN) + block("12\x01456")) == 0x6A80
         assert card.verify(PIN) == OK
-    assert [e["event"] for e in vsc.audit.events("a")] == ["create", "personalise", "pin-refused"]
+    events = [(e["event"], e["outcome"]) for e in vsc.audit.events("a")]
+    # Five refused creations (audited too, whichever check refused them), then the card.
+    assert events == [("create", "refused")] * 5 + [
+        ("create", "success"),
+        ("personalise", "success"),
+        ("pin-refused", "refused"),
+    ]
 
 
 def test_retries_are_chosen_at_creation(plain: Vsc) -> None:

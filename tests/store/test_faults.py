@@ -110,13 +110,16 @@ class Bench:
         self.session: PivSession | None = None
 
     def open(self) -> None:
-        if self.store.exists("victim"):
+        exists = self.store.exists("victim")
+        if exists:
             stored = self.store.open("victim", self.backend)
         else:
             stored = self.store.create("victim", self.backend)
         self.stored = stored
         self.card = Card()
-        self.card.register(open_piv(stored, serial=SERIAL, profile=YUBIKEY_5_7), default=True)
+        self.card.register(
+            open_piv(stored, serial=SERIAL, profile=YUBIKEY_5_7, provision=not exists), default=True
+        )
         self.session = PivSession(YubikitConnection(self.card, TRANSPORT.USB))
 
     def close(self) -> None:

@@ -86,11 +86,10 @@ class Piv:
 
 
 def open_card(store: CardStore, backend: BackendSpec) -> Piv:
-    stored = (
-        store.open("alice", backend) if store.exists("alice") else store.create("alice", backend)
-    )
+    exists = store.exists("alice")
+    stored = store.open("alice", backend) if exists else store.create("alice", backend)
     card = Card()
-    card.register(open_piv(stored), default=True)
+    card.register(open_piv(stored, provision=not exists), default=True)
     return Piv(stored, card, PivSession(YubikitConnection(card, TRANSPORT.USB)))
 
 

@@ -32,12 +32,13 @@ from ..store import (
     CardSettings,
     CardStore,
     StoredCard,
-    create_card,
+    creating_card,
     default_store_path,
 )
 from ..store import open_card as open_stored_card
+from ..store.application import ApplicationMismatch
+from ..store.files import make_private_dirs
 from ..store.gids import has_gids, open_gids
-from ..store.piv import RECORD as PIV_RECORD
 from ..store.piv import open_piv
 from ..store.store import CARDS_DIR
 
@@ -158,20 +159,42 @@ def _card_location(spec: str, store: Path | None) -> tuple[Path, str]:
 
 
 def _open_or_create(
-    path: Path, name: str, backend: BackendSpec, settings: CardSettings | None
-) -> StoredCard:
+    path: Path,
+    name: str,
+    backend: BackendSpec,
+    applet: str | None,
+    *,
+    profile: PivProfile | None = None,
+    serial: int | None = None,
+    settings: CardSettings | None = None,
+) -> tuple[StoredCard, bool]:
+    """The card at ``path``; one that does not exist at all is made whole (factory-fresh,
+    with ``settings``).
+
+    Returns the open card and whether it was created now. A card that exists is
+    never made again, whatever is wrong with it (:class:`vsc.store.CorruptStore`).
+    """
     try:
-        return open_stored_card(path, backend, name=name)
+        return open_stored_card(path, backend, name=name), False
     except CardNotFound:
-        if path.exists():
+        if os.path.lexists(path):
             raise CardOpenError(f"{path} exists but is not a card") from None
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if applet == "gids" and profile is not None:
+        raise CardOpenError(f"card {name!r} would be a GIDS card: profiles are for PIV cards")
+    if path.parent.name == CARDS_DIR:
+        CardStore(path.parent.parent).make()
+    else:
+        make_private_dirs(path.parent, "card directory")
     try:
-        stored = create_card(path, backend, name=name, settings=settings)
+        with creating_card(path, backend, name=name, settings=settings) as stored:
+            if applet == "gids":
+                open_gids(stored, provision=True)
+            else:
+                open_piv(stored, serial=serial, profile=profile, provision=True)
     except CardExists:  # another process created it a moment ago
-        return open_stored_card(path, backend, name=name)
+        return open_stored_card(path, backend, name=name), False
     log.warning("card %r: created with factory defaults at %s", name, path)
-    return stored
+    return open_stored_card(path, backend, name=name), True
 
 
 def _stored_card(
@@ -182,21 +205,22 @@ def _stored_card(
     serial: int | None = None,
     transport: Transport = Transport.NFC,
 ) -> tuple[Card, PivApplet | GidsApplet]:
-    """The card of ``stored``: the application it holds, else ``applet`` (PIV) made now.
+    """The card of ``stored``: the application it holds (:class:`CardOpenError` if not ``applet``).
 
-    A PIV card keeps its profile and serial; ``profile`` and ``serial`` name
-    those of a card made now and must match those of one that exists.
+    A PIV card keeps its profile and serial; ``profile`` and ``serial``, if
+    given, must be its own.
     """
-    held = "gids" if has_gids(stored) else "piv" if stored.get(PIV_RECORD) is not None else None
-    if held is not None and applet is not None and held != applet:
-        raise CardOpenError(f"card {stored.name!r} is a {held.upper()} card, not {applet.upper()}")
-    if (held or applet) == "gids":
-        if profile is not None:
-            raise CardOpenError(f"card {stored.name!r} is a GIDS card: profiles are for PIV cards")
-        gids = open_gids(stored)
-        return _gids_card(gids), gids
     try:
+        if applet == "gids" or (applet is None and has_gids(stored)):
+            if profile is not None:
+                raise CardOpenError(
+                    f"card {stored.name!r} is a GIDS card: profiles are for PIV cards"
+                )
+            gids = open_gids(stored)
+            return _gids_card(gids), gids
         piv = open_piv(stored, serial=serial, profile=profile)
+    except ApplicationMismatch as e:
+        raise CardOpenError(str(e)) from None
     except ValueError as exc:
         raise CardOpenError(f"card {stored.name!r}: {exc}") from None
     return build_card(piv, transport), piv
@@ -226,19 +250,30 @@ def open_card(
     (in use, another TPM or key, unreadable) or :class:`CardOpenError`.
     """
     path, name = _card_location(spec, store)
-    stored = _open_or_create(path, name, backend, settings)
+    # A card of a store: its security events, through its APDUs and its store, go to
+    # the store's audit log.
+    audit = AuditLog(path.parent.parent, via="emulator") if path.parent.name == CARDS_DIR else None
+    stored, created = _open_or_create(
+        path, name, backend, applet, profile=profile, serial=serial, settings=settings
+    )
     try:
+        if audit is not None:
+            stored.events = audit.card_hook(name)
+            if created:
+                made = applet or (profile or DEFAULT_PROFILE).name
+                audit.write(
+                    "create",
+                    name,
+                    f"{name}: created with factory defaults by the emulator"
+                    f" ({made}, {backend.kind} backend)",
+                    profile=made,
+                    backend=backend.kind,
+                )
         info = stored.backend
         if info.kind == "plain":
             log.warning("card %r: --insecure-plain: its keys and PINs are NOT protected", name)
         log.info("card %r at %s: %s", name, path, info.summary)
-        card, card_applet = _stored_card(
-            stored, applet, profile=profile, serial=serial, transport=transport
-        )
-        if path.parent.name == CARDS_DIR:
-            # A card of a store: lifecycle events through its APDUs go to the store's audit
-            # log (a managed card's lock and expiry are the applet's own business).
-            card_applet.events = AuditLog(path.parent.parent, via="emulator").card_hook(name)
+        card, _ = _stored_card(stored, applet, profile=profile, serial=serial, transport=transport)
     except BaseException:
         stored.close()
         raise

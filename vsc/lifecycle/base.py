@@ -18,24 +18,27 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from applets.piv.managed import Managed
 from applets.piv.mgmt import ManagementKey
 from applets.piv.pinrules import CLASSES, CharRule, PinRules, members
 from applets.piv.state import DEFAULT_PIN, PIN_BLOCK_SIZE
 from vsc.store import BackendSpec, CardStore, LockedOut, StoredCard, StoreError
+from vsc.store.errors import BackendError, CorruptStore, StorageFailure
+from vsc.store.files import open_private
 from vsc.store.gids import has_gids
 from vsc.store.piv import StoredPivApplet, StoredPivData, open_piv
 from vsc.sw import ApduError
 
-from .audit import AuditLog
+from .audit import AuditLog, Event, Outcome
 from .capacity import DEFAULT_CAPACITY, Register, reserve
 from .errors import (
     AdminKeyBlocked,
@@ -54,6 +57,7 @@ __all__ = [
     "PENDING_RECORD",
     "ManagerBase",
     "StoredRequest",
+    "audited_creation",
     "card_record",
     "generate_pin",
     "load_pending",
@@ -68,6 +72,22 @@ CARD_RECORD = "lifecycle/card"
 #: The challenge outstanding (JSON: request, expires).
 PENDING_RECORD = "lifecycle/pending"
 _STORE_LOCK = ".lifecycle.lock"
+
+
+_Create = TypeVar("_Create", bound=Callable[..., Any])
+
+
+def audited_creation(create: _Create) -> _Create:
+    """``create(self, name, ...)`` of a manager (or of a helper with ``.manager``) whose
+    refusals and failures are audited too (:meth:`ManagerBase.refused_creation`)."""
+
+    @functools.wraps(create)
+    def audited(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        manager: ManagerBase = getattr(self, "manager", self)
+        with manager.refused_creation(name):
+            return create(self, name, *args, **kwargs)
+
+    return cast(_Create, audited)
 
 
 def pin_block(pin: str | bytes, what: str = "PIN") -> bytes:
@@ -189,11 +209,11 @@ class ManagerBase:
         """The PIV card ``name``, locked for this process until the block ends."""
         stored = self.store.open(name, self.require_backend())
         try:
-            if has_gids(stored):  # never provision PIV data onto a GIDS card
+            stored.events = self.audit.card_hook(name)
+            if has_gids(stored):
                 raise LifecycleError(f"card {name!r} is a GIDS card: not for this command")
             applet = open_piv(stored)
             applet.wall_clock = self.store.clock.now
-            applet.events = self.audit.card_hook(name)
             data = applet.data
             assert isinstance(data, StoredPivData)
             yield stored, applet, data
@@ -203,8 +223,8 @@ class ManagerBase:
     @contextlib.contextmanager
     def creation_lock(self) -> Iterator[None]:
         """Serialises creations in the store: the capacity check and the creation are one step."""
-        self.store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.store.root / _STORE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.store.make()
+        fd = open_private(self.store.root / _STORE_LOCK, os.O_RDWR | os.O_CREAT, "store lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -219,13 +239,34 @@ class ManagerBase:
         return self._register
 
     @contextlib.contextmanager
+    def refused_creation(self, name: str) -> Iterator[None]:
+        """A creation that is refused or fails is audited (``create``, not ``success``)."""
+        try:
+            yield
+        except (LifecycleError, StoreError, ValueError) as e:
+            if getattr(e, "_vsc_audited", False):
+                raise  # an inner refused_creation wrote it
+            e._vsc_audited = True  # type: ignore[union-attr]
+            failed = isinstance(e, StorageFailure | BackendError | CorruptStore)
+            outcome = Outcome.FAILED if failed else Outcome.REFUSED
+            with contextlib.suppress(OSError, StoreError, ValueError):
+                self.audit.write(
+                    Event.CREATE,
+                    name,
+                    f"{name}: creation {outcome}: {e}",
+                    outcome=outcome,
+                    reason=type(e).__name__,
+                )
+            raise
+
+    @contextlib.contextmanager
     def reserve(self, spec: BackendSpec, name: str) -> Iterator[None]:
         """A place for card ``name`` on ``spec``'s device (:class:`CapacityExceeded`):
         create the card in the block; it is entered in the register if it exists then."""
         with reserve(self.store, spec, self.capacity, self.register, name):
             yield
 
-    def capacity_override(self) -> dict[str, int]:
+    def capacity_override(self) -> dict[str, Any]:
         """For the audit of a creation: the capacity, when it is not the default."""
         return {} if self.capacity == DEFAULT_CAPACITY else {"capacity": self.capacity}
 

@@ -71,7 +71,7 @@ from vsc.sw import ApduError
 
 from . import gids_cli
 from .adminkey import parse_admin_key
-from .audit import AuditLog
+from .audit import AuditHead, AuditLog
 from .base import generate_pin
 from .capacity import DEFAULT_CAPACITY
 from .certs import ProvisioningError
@@ -411,6 +411,18 @@ def register(subparsers: Subparsers) -> None:
     audit = add("audit", _audit, "the store's audit log")
     audit.add_argument("name", nargs="?", help="only this card's events")
     audit.add_argument("--json", action="store_true", help="the JSON lines as they are")
+    audit.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the hash chain and each card's anchor; exit 1 if anything was changed",
+    )
+    audit.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="SEQ:HASH",
+        help="with --verify: a head noted earlier (printed by --verify) that must still be there",
+    )
 
 
 def _slot_options(parser: argparse.ArgumentParser, *, key_required: bool) -> None:
@@ -635,6 +647,11 @@ def _create(args: argparse.Namespace) -> int:
             f"a TPM may hold {manager.capacity} cards here, not {DEFAULT_CAPACITY} as on Windows"
             " (--max-cards / VSC_MAX_CARDS); the creation records it"
         )
+    with manager.refused_creation(args.name):  # refused before the card is made: audited too
+        return _create_card(args, manager)
+
+
+def _create_card(args: argparse.Namespace, manager: CardManager) -> int:
     _ask_owner_auth_if_needed(manager)
     chosen_key = CREATE_ADMIN_KEY.read(args, confirm=True)
     if args.puk not in ("none", "default"):
@@ -728,18 +745,28 @@ def _create(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     manager = _manager(args)
     cards = manager.list()
+    damaged = [card for card in cards if card.damaged]
     if args.json:
         dump_json([dataclasses.asdict(card) for card in cards])
-        return EXIT_OK
-    if not cards:
+    elif not cards:
         print(f"No cards in {manager.store.root}.")
-        return EXIT_OK
-    width = max(len(card.name) for card in cards)
-    for card in cards:
-        serial = str(card.serial) if card.serial is not None else "-"
-        state = "in use" if card.in_use else card.state or "(give the backend for details)"
-        profile = card.profile or "-"
-        print(f"{card.name:<{width}}  {serial:>8}  {profile:<11}  {card.backend:<8}  {state}")
+    else:
+        width = max(len(card.name) for card in cards)
+        for card in cards:
+            serial = str(card.serial) if card.serial is not None else "-"
+            state = "in use" if card.in_use else card.state or "(give the backend for details)"
+            if card.damaged:
+                state = "DAMAGED (see below)"
+            profile = card.profile or "-"
+            print(f"{card.name:<{width}}  {serial:>8}  {profile:<11}  {card.backend:<8}  {state}")
+    if damaged:
+        # Loud: a damaged card is never left out, and the listing does not end "all fine".
+        for card in damaged:
+            warn(f"damaged: {card.damaged}")
+        return fail(
+            f"{len(damaged)} damaged card(s): {', '.join(c.name for c in damaged)}"
+            " (`vsc destroy NAME` removes one; restore it from a backup to keep it)"
+        )
     return EXIT_OK
 
 
@@ -1109,6 +1136,8 @@ def _seconds(value: int) -> str:
 
 @_guarded
 def _audit(args: argparse.Namespace) -> int:
+    if args.verify or args.anchor:
+        return _verify_audit(args)
     events = AuditLog(_store(args).root).events(args.name)
     for event in events:
         if args.json:
@@ -1117,4 +1146,37 @@ def _audit(args: argparse.Namespace) -> int:
             print(
                 f"{event.get('time', '?')}  {event.get('event', '?'):<18}  {event.get('message')}"
             )
+    return EXIT_OK
+
+
+def _verify_audit(args: argparse.Namespace) -> int:
+    if not args.verify:
+        raise UsageError("--anchor goes with --verify")
+    try:
+        expected = tuple(AuditHead.parse(text) for text in args.anchor)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    audit = AuditLog(_store(args).root)
+    result = audit.verify(expected=expected)
+    if args.json:
+        dump_json(
+            {
+                "ok": result.ok,
+                "records": result.records,
+                "legacy_lines": result.legacy,
+                "anchors_checked": result.anchors,
+                "head": str(result.head) if result.head else None,
+                "findings": [dataclasses.asdict(f) for f in result.findings],
+            }
+        )
+        return EXIT_OK if result.ok else EXIT_FAILURE
+    legacy = f" (and {result.legacy} older lines before the chain)" if result.legacy else ""
+    print(f"{audit.path}: {result.records} records{legacy}, {result.anchors} anchors checked")
+    for finding in result.findings:
+        print(f"  TAMPERED OR DAMAGED: {finding}")
+    if result.head is not None:
+        print(f"  head: {result.head}")
+    if not result.ok:
+        return fail(f"the audit log does not verify ({len(result.findings)} findings)")
+    print("  the chain is intact")
     return EXIT_OK

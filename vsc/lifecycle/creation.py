@@ -25,7 +25,7 @@ from vsc.store.errors import CardExists, StoreError
 from vsc.store.piv import BINDING, StoredPivApplet, StoredPivData, open_piv
 
 from .adminkey import choose_admin_key
-from .base import CARD_RECORD, ManagerBase, pin_block
+from .base import CARD_RECORD, ManagerBase, audited_creation, pin_block
 from .certs import parse_subject, self_signed
 from .errors import LifecycleError, PinPolicyViolation
 from .profiles import DEFAULT_PROFILE, PIV_PIN_MAX, PROFILES, Profile
@@ -87,6 +87,7 @@ def _puk(puk: str | None) -> tuple[bytes, str]:
 class Creating(ManagerBase):
     """``create`` and ``destroy``."""
 
+    @audited_creation
     def create(
         self,
         name: str,
@@ -135,29 +136,26 @@ class Creating(ManagerBase):
         puk_value, puk_kind = _puk(puk)
         key, key_kind = choose_admin_key(admin_key, admin_key_type or chosen.admin_key_type)
         counter = AdminCounter(admin_tries, admin_tries, admin_recovery, self.now)
+        # The card is made whole before it appears under its name (a crash leaves none),
+        # under the creation lock: the capacity check and the creation are one step.
         with self.creation_lock():
             if self.store.exists(name):
                 raise CardExists(name, self.store.path_of(name))
-            with self.reserve(spec, name):
-                stored = self.store.create(name, spec, settings=settings)
-        try:
-            created_serial, generated = self._personalise(
-                stored,
-                chosen,
-                Managed(rules, counter, self.now if locked else None),
-                pin_value,
-                (puk_value, puk_kind),
-                key,
-                generate,
-                serial,
-                (pin_tries, puk_tries),
-            )
-        except BaseException:
-            stored.close()
-            with contextlib.suppress(StoreError, OSError):
-                self.store.destroy(name, spec)
-            raise
-        stored.close()
+            with (
+                self.reserve(spec, name),
+                self.store.creating(name, spec, settings=settings) as stored,
+            ):
+                created_serial, generated = self._personalise(
+                    stored,
+                    chosen,
+                    Managed(rules, counter, self.now if locked else None),
+                    pin_value,
+                    (puk_value, puk_kind),
+                    key,
+                    generate,
+                    serial,
+                    (pin_tries, puk_tries),
+                )
         self.audit.write(
             "create",
             name,
@@ -210,7 +208,7 @@ class Creating(ManagerBase):
         tries: tuple[int, int],
     ) -> tuple[int, tuple[int, ...]]:
         puk, puk_kind = puk_choice
-        applet = open_piv(stored, serial=serial, profile=profile.card)
+        applet = open_piv(stored, serial=serial, profile=profile.card, provision=True)
         data = applet.data
         assert isinstance(data, StoredPivData)
         stored.unlock(BINDING, "pin", DEFAULT_PIN)  # a fresh card: the factory PIN

@@ -32,7 +32,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from applets.gids import GIDS_ATR
@@ -50,10 +50,10 @@ from applets.gids.state import DEFAULT_TRIES, Reference
 from applets.piv.pinrules import PinRules
 from vsc.card import Card
 from vsc.store import StoredCard
-from vsc.store.errors import CardExists, StoreError
+from vsc.store.errors import CardExists
 from vsc.store.gids import StoredGidsApplet, StoredGidsData, has_gids, open_gids
 
-from .base import CARD_RECORD, PENDING_LIFETIME
+from .base import CARD_RECORD, PENDING_LIFETIME, audited_creation
 from .errors import (
     AdminKeyBlocked,
     LifecycleError,
@@ -169,11 +169,11 @@ class GidsCards:
     def _open(self, name: str) -> Iterator[tuple[StoredCard, StoredGidsApplet, StoredGidsData]]:
         stored = self.manager.store.open(name, self.manager.require_backend())
         try:
+            stored.events = self.manager.audit.card_hook(name)
             if not has_gids(stored):
                 raise LifecycleError(f"card {name!r} is not a GIDS card")
             applet = open_gids(stored)
             applet.wall_clock = self.manager.store.clock.now
-            applet.events = self.manager.audit.card_hook(name)
             data = applet.data
             assert isinstance(data, StoredGidsData)
             yield stored, applet, data
@@ -189,6 +189,7 @@ class GidsCards:
             raise PinPolicyViolation(error.rule, f"PIN refused: {error.reason} (rule {error.rule})")
         return value
 
+    @audited_creation
     def create(
         self,
         name: str,
@@ -213,18 +214,13 @@ class GidsCards:
         with self.manager.creation_lock():
             if self.manager.store.exists(name):
                 raise CardExists(name, self.manager.store.path_of(name))
-            with self.manager.reserve(spec, name):
-                stored = self.manager.store.create(name, spec)
-        try:
-            created_serial, cardid = self._personalise(
-                stored, pin_value, puk_value, key, rules, pin_tries, serial
-            )
-        except BaseException:
-            stored.close()
-            with suppress(StoreError, OSError):
-                self.manager.store.destroy(name, spec)
-            raise
-        stored.close()
+            with (
+                self.manager.reserve(spec, name),
+                self.manager.store.creating(name, spec) as stored,
+            ):
+                created_serial, cardid = self._personalise(
+                    stored, pin_value, puk_value, key, rules, pin_tries, serial
+                )
         audit = self.manager.audit
         default = pin in (None, "default")
         pin_kind = "default" if default else "generated" if pin_generated else "chosen"
@@ -263,7 +259,7 @@ class GidsCards:
         pin_tries: int,
         serial: int | None,
     ) -> tuple[int, bytes]:
-        applet = open_gids(stored, serial=serial)
+        applet = open_gids(stored, serial=serial, provision=True)
         applet.wall_clock = self.manager.store.clock.now
         data = applet.data
         with stored.transaction():

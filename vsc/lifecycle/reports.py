@@ -6,7 +6,6 @@ JSON); :class:`Reporting` builds them from the card's own state.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
@@ -51,15 +50,20 @@ SLOT_NAMES = {
 
 @dataclass(frozen=True, slots=True)
 class CardSummary:
-    """One line of ``vsc list``; details are None for a card that could not be opened."""
+    """One line of ``vsc list``; details are None for a card that could not be opened.
+
+    ``damaged`` says what is wrong with a damaged card (then ``backend`` and
+    ``created`` may be unknown: "?" and None).
+    """
 
     name: str
     backend: str
-    created: float
+    created: float | None
     in_use: bool
     serial: int | None = None
     profile: str | None = None
     state: str | None = None
+    damaged: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +217,19 @@ class Reporting(ManagerBase):
         for name in self.store.names():
             try:
                 info = self.store.info(name)
-            except (CardNotFound, CorruptStore):
+            except CardNotFound:
+                continue  # destroyed meanwhile
+            except CorruptStore as e:
+                summaries.append(CardSummary(name, "?", None, False, damaged=str(e)))
                 continue
             summary = CardSummary(name, info.backend, info.created, info.in_use)
             if self.backend is not None and not info.in_use and info.backend == self.backend.kind:
-                with contextlib.suppress(StoreError, LifecycleError, ValueError):
+                try:
                     summary = self._summarise(summary)
+                except CorruptStore as e:
+                    summary = replace(summary, damaged=str(e))
+                except (StoreError, LifecycleError, ValueError):
+                    pass  # another key, a GIDS card...: what the files tell
             summaries.append(summary)
         return summaries
 

@@ -37,6 +37,7 @@ from .errors import (
     StorageFailure,
     StoreError,
 )
+from .files import UnsafePath
 from .protect import BackendInfo, BackendSpec, KeyVault, Protector, create_key_file, open_protector
 from .settings import CardSettings
 from .store import (
@@ -44,6 +45,7 @@ from .store import (
     CardStore,
     Recovery,
     create_card,
+    creating_card,
     default_store_path,
     open_card,
     validate_card_name,
@@ -87,10 +89,12 @@ __all__ = [
     "StoreError",
     "StoredCard",
     "SystemClock",
+    "UnsafePath",
     "bound",
     "constant_time_equal",
     "create_card",
     "create_key_file",
+    "creating_card",
     "default_store_path",
     "open_card",
     "open_protector",

@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -56,7 +57,7 @@ from .crypto import (
     x25519_generate,
     x25519_public,
 )
-from .db import Database
+from .db import Database, write_anchor
 from .errors import (
     AuthFailed,
     BackendError,
@@ -77,6 +78,10 @@ log = logging.getLogger(__name__)
 
 CARD = "card"
 CLEAR = "clear"
+#: The metadata key naming the card application the card was provisioned with.
+APPLICATION = "application"
+#: A security-event sink: ``events(name, details)``; details never hold a secret.
+EventSink = Callable[[str, Mapping[str, object]], None]
 _BOUND = "bound:"
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 
@@ -139,6 +144,19 @@ class Attempt:
         self.succeeded = True
 
 
+def _ignore(event: str, details: Mapping[str, object]) -> None:
+    return None
+
+
+#: The cards this process has open, by the real path of their directory (see :func:`open_card_at`).
+_OPEN_CARDS: dict[str, StoredCard] = {}
+
+
+def open_card_at(path: Path) -> StoredCard | None:
+    """The card at ``path`` if this process has it open (to join its connection), else None."""
+    return _OPEN_CARDS.get(os.path.realpath(path))
+
+
 class StoredCard:
     """An open card. Create or open one with :class:`vsc.store.CardStore` or ``open_card``."""
 
@@ -174,6 +192,11 @@ class StoredCard:
         self._card_key = card_key
         self._unlocked: dict[str, bytes] = {}
         self._closed = False
+        #: Where this card's security events go (its applet's and the store's own, such
+        #: as a TPM lockout seen): set by the adapter that opened it (an audit log).
+        self.events: EventSink = _ignore
+        self._key = os.path.realpath(path)
+        _OPEN_CARDS[self._key] = self
 
     def __repr__(self) -> str:
         return f"<StoredCard {self.name!r} at {self.path} ({self._protector.kind})>"
@@ -235,6 +258,8 @@ class StoredCard:
         if self._closed:
             return
         self._closed = True
+        if _OPEN_CARDS.get(self._key) is self:
+            del _OPEN_CARDS[self._key]
         self._unlocked.clear()
         self._card_key = b""
         try:
@@ -271,6 +296,37 @@ class StoredCard:
 
     def integrity_check(self) -> None:
         self._open().integrity_check()
+
+    def report(self, event: str, details: Mapping[str, object]) -> None:
+        """Pass a security event to :attr:`events` (applets of the card report here)."""
+        self.events(event, details)
+
+    # -- metadata: the card's application, the audit anchor --------------------------------
+
+    def meta(self, key: str) -> bytes | None:
+        row = self._open().one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else bytes(row[0])
+
+    @property
+    def application(self) -> str | None:
+        """The card application this card was provisioned with (None: not recorded)."""
+        raw = self.meta(APPLICATION)
+        return None if raw is None else raw.decode("ascii", "replace")
+
+    def set_application(self, application: str) -> None:
+        """Record the card's application (in the transaction that provisions it)."""
+        _check_key("application", application)
+        db = self._open()
+        with db.transaction():
+            db.write(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (APPLICATION, application.encode()),
+            )
+
+    def anchor_audit(self, seq: int, digest: str) -> None:
+        """Remember audit record ``seq`` (``digest``) as the last one about this card."""
+        write_anchor(self.path / "card.db", seq, digest, self._open())
 
     # -- records ------------------------------------------------------------------------
 

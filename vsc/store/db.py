@@ -25,10 +25,11 @@ WAL meanwhile (logged as a warning).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -81,6 +82,11 @@ _STORAGE_CODES = {
     sqlite3.SQLITE_CANTOPEN: "cannot open the card's files",
     sqlite3.SQLITE_PERM: "permission denied",
 }
+#: SQLite primary result codes that mean the files are damaged: the card is, not the caller.
+_CORRUPT_CODES = {
+    sqlite3.SQLITE_CORRUPT: "its database is damaged",
+    sqlite3.SQLITE_NOTADB: "it is not a card database",
+}
 
 
 def storage_failure(path: Path, error: sqlite3.Error) -> StorageFailure | None:
@@ -89,12 +95,26 @@ def storage_failure(path: Path, error: sqlite3.Error) -> StorageFailure | None:
     return None if reason is None else StorageFailure(f"{path}: {reason} ({error})")
 
 
+def damage(path: Path, error: sqlite3.Error, label: str | None = None) -> CorruptStore | None:
+    """``error`` as a :class:`CorruptStore` naming the card and its file, or None."""
+    reason = _CORRUPT_CODES.get(getattr(error, "sqlite_errorcode", 0) & 0xFF)
+    if reason is None:
+        return None
+    card = f"card {label!r}: " if label else ""
+    return CorruptStore(f"{card}{path}: {reason} ({error})")
+
+
+def converted(path: Path, error: sqlite3.Error, label: str | None = None) -> StoreError | None:
+    """A failure of the storage or damage to the files as the store's error, else None."""
+    return storage_failure(path, error) or damage(path, error, label)
+
+
 @contextlib.contextmanager
-def _storage_errors(path: Path) -> Iterator[None]:
+def _storage_errors(path: Path, label: str | None = None) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as e:
-        failure = storage_failure(path, e)
+        failure = converted(path, e, label)
         if failure is None:
             raise
         raise failure from e
@@ -116,8 +136,10 @@ class CommitHook(Protocol):
 class Database:
     """A connection to one card's database, with nested write transactions."""
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, label: str | None = None) -> None:
         self.path = path
+        #: The card's name, for messages.
+        self.label = label or path.parent.name
         if create:
             # Create the file ourselves so it (and the -wal/-shm SQLite derives) is 0600.
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -136,7 +158,9 @@ class Database:
                 uri, uri=True, isolation_level=None, timeout=10.0, check_same_thread=False
             )
         except sqlite3.Error as e:
-            raise storage_failure(path, e) or CorruptStore(f"cannot open {path}: {e}") from e
+            raise converted(path, e, self.label) or CorruptStore(
+                f"card {self.label!r}: cannot open {path}: {e}"
+            ) from e
         self._depth = 0
         self._scrub_pending = False
         #: Told about each outermost commit (rollback protection, :mod:`vsc.store.rollback`).
@@ -154,8 +178,10 @@ class Database:
             self._conn.execute("PRAGMA secure_delete=ON")
             self._conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as e:
-            failure = storage_failure(self.path, e)
-            raise failure or CorruptStore(f"{self.path} is not a card database: {e}") from e
+            failure = converted(self.path, e, self.label)
+            raise failure or CorruptStore(
+                f"card {self.label!r}: {self.path} is not a card database: {e}"
+            ) from e
         if str(mode).lower() != "wal":
             raise StoreError(f"{self.path}: SQLite refused WAL mode ({mode})")
 
@@ -176,15 +202,16 @@ class Database:
             )
 
     def check_format(self) -> None:
+        card = f"card {self.label!r}: {self.path}"
         try:
             row = self.one("SELECT value FROM meta WHERE key = 'format'")
         except sqlite3.DatabaseError as e:
-            raise CorruptStore(f"{self.path} is not a card database: {e}") from e
+            raise CorruptStore(f"{card} is not a card database: {e}") from e
         if row is None:
-            raise CorruptStore(f"{self.path} has no format version")
+            raise CorruptStore(f"{card} has no format version")
         version = bytes(row[0]).decode(errors="replace")
         if version != str(FORMAT_VERSION):
-            raise CorruptStore(f"{self.path} has format {version}; this vsc reads {FORMAT_VERSION}")
+            raise CorruptStore(f"{card} has format {version}; this vsc reads {FORMAT_VERSION}")
 
     def meta(self) -> dict[str, bytes]:
         return {k: bytes(v) for k, v in self.all("SELECT key, value FROM meta")}
@@ -193,24 +220,24 @@ class Database:
         """SQLite's full consistency check; :class:`CorruptStore` on any finding."""
         rows = [r[0] for r in self.all("PRAGMA integrity_check")]
         if rows != ["ok"]:
-            raise CorruptStore(f"{self.path}: {'; '.join(map(str, rows[:5]))}")
+            raise CorruptStore(f"card {self.label!r}: {self.path}: {'; '.join(map(str, rows[:5]))}")
 
     # -- statements ----------------------------------------------------------------
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        with _storage_errors(self.path):
+        with _storage_errors(self.path, self.label):
             row: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
         return row
 
     def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with _storage_errors(self.path):
+        with _storage_errors(self.path, self.label):
             return list(self._conn.execute(sql, params).fetchall())
 
     def write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """Run one modifying statement inside the current transaction; rows changed."""
         if self._depth == 0:
             raise RuntimeError("writes happen inside transaction()")
-        with _storage_errors(self.path):
+        with _storage_errors(self.path, self.label):
             return self._conn.execute(sql, params).rowcount
 
     # -- transactions -----------------------------------------------------------------
@@ -234,7 +261,7 @@ class Database:
             finally:
                 self._depth -= 1
             return
-        with _storage_errors(self.path):
+        with _storage_errors(self.path, self.label):
             self._conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
         hook = self.commit_hook
@@ -251,7 +278,7 @@ class Database:
             raise
         self._depth = 0
         try:
-            with _storage_errors(self.path):
+            with _storage_errors(self.path, self.label):
                 self._conn.execute("COMMIT")  # returns once the WAL is fsynced
         except BaseException:
             self._scrub_pending = False
@@ -295,8 +322,9 @@ class Database:
             raise StoreError(f"{self.path}: WAL checkpoint blocked by another connection")
 
 
-def read_meta(path: Path) -> dict[str, bytes]:
+def read_meta(path: Path, label: str | None = None) -> dict[str, bytes]:
     """The metadata of a card database, read-only, without its lock (for listings)."""
+    label = label or path.parent.name
     uri = f"file:{quote(str(path))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
@@ -305,4 +333,71 @@ def read_meta(path: Path) -> dict[str, bytes]:
         finally:
             conn.close()
     except sqlite3.Error as e:
-        raise CorruptStore(f"cannot read {path}: {e}") from e
+        raise converted(path, e, label) or CorruptStore(
+            f"card {label!r}: cannot read {path}: {e}"
+        ) from e
+
+
+# -- the audit anchor -----------------------------------------------------------------------
+
+#: The metadata key of the last audit record written about the card (JSON: seq, hash).
+AUDIT_ANCHOR = "audit_anchor"
+
+
+def parse_anchor(raw: bytes | None) -> tuple[int, str] | None:
+    """An anchor's (seq, hash), or None if there is none or it is unreadable."""
+    if raw is None:
+        return None
+    try:
+        d = json.loads(raw)
+        return int(d["seq"]), str(d["hash"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _set_anchor(
+    one: Callable[[str, tuple[Any, ...]], tuple[Any, ...] | None],
+    write: Callable[[str, tuple[Any, ...]], object],
+    seq: int,
+    digest: str,
+) -> None:
+    row = one("SELECT value FROM meta WHERE key = ?", (AUDIT_ANCHOR,))
+    old = parse_anchor(bytes(row[0]) if row else None)
+    if old is not None and old[0] >= seq:
+        return  # a later record's anchor is there already (concurrent writers)
+    write(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (AUDIT_ANCHOR, json.dumps({"seq": seq, "hash": digest}).encode()),
+    )
+
+
+def write_anchor(path: Path, seq: int, digest: str, db: Database | None = None) -> None:
+    """Record the audit log's ``seq``/``digest`` in the card database at ``path``.
+
+    Through ``db`` when this process has the card open (joining its
+    transaction), else through a connection of its own that waits briefly
+    for another process's write.
+    """
+    if db is not None:
+        with db.transaction():
+            _set_anchor(db.one, db.write, seq, digest)
+        return
+    uri = f"file:{quote(str(path))}?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=2.0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+
+            def one(sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+                row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
+                return row
+
+            _set_anchor(one, conn.execute, seq, digest)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise converted(path, e) or StoreError(
+            f"{path}: cannot record the audit anchor: {e}"
+        ) from e

@@ -4,9 +4,10 @@ None of them carries a secret. The PIV integration maps them to status words
 (:class:`AuthFailed` → 63Cx, :class:`CounterBlocked` → 6983; :class:`LockedOut`
 is temporary, so a status word that does not send clients to the PUK, such
 as 6985, fits it better than 6983); the CLI prints their message. The two
-failures of the card's storage itself, :class:`StorageFailure` (its files) and
-:class:`BackendUnavailable` (its TPM), carry their status word (``6581``,
-memory failure), so any applet on the store answers them without a mapping.
+failures of the card's storage itself, :class:`StorageFailure` (its files),
+:class:`CorruptStore` (damaged files) and :class:`BackendUnavailable` (its
+TPM), carry their status word (``6581``, memory failure), so any applet on
+the store answers them without a mapping.
 """
 
 from __future__ import annotations
@@ -50,8 +51,15 @@ class CardInUse(StoreError):
         self.holder = holder
 
 
-class CorruptStore(StoreError):
-    """The card's files are unreadable, of an unknown format, or fail their integrity check."""
+class CorruptStore(StoreError, ApduError):
+    """The card's files are damaged, missing, of an unknown format, or fail their integrity check.
+
+    The message names the card and the file. Nothing is repaired or made again:
+    a card command that meets it answers ``6581`` (memory failure).
+    """
+
+    def __init__(self, message: str) -> None:
+        ApduError.__init__(self, SW.MEMORY_FAILURE, message)
 
 
 class RolledBack(CorruptStore):

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from types import MappingProxyType
@@ -70,9 +71,19 @@ from vsc.apdu import CommandApdu
 from vsc.applet import Response
 from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
 
+from .application import held_application, require_application
 from .card import CARD, StoredCard, bound
-from .errors import AuthFailed, BackendUnavailable, BindingLocked, CorruptStore, LockedOut
+from .errors import (
+    AuthFailed,
+    BackendUnavailable,
+    BindingLocked,
+    CorruptStore,
+    LockedOut,
+    StorageFailure,
+)
 from .piv import StoredKeyStore
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ADMIN_ROLE",
@@ -333,6 +344,12 @@ class StoredGidsApplet(GidsApplet):
     def process(self, apdu: CommandApdu, session: Session) -> bytes | Response:
         try:
             return super().process(apdu, session)
+        except CorruptStore as e:  # answered 6581: the damage is said here, loudly
+            log.error("card %r: %s", self.stored_card.name, e)
+            raise
+        except StorageFailure as e:  # answered 6581 too: a full disk may pass
+            log.warning("card %r: %s", self.stored_card.name, e)
+            raise
         finally:
             self._relock()
 
@@ -344,32 +361,39 @@ class StoredGidsApplet(GidsApplet):
 
 
 def has_gids(card: StoredCard) -> bool:
-    """Whether ``card`` holds GIDS data."""
-    return card.get(RECORD) is not None
+    """Whether ``card`` is a GIDS card (recorded at provisioning, or found by its records)."""
+    return held_application(card) == "gids"
 
 
-def open_gids(card: StoredCard, *, serial: int | None = None) -> StoredGidsApplet:
-    """The GIDS applet of ``card``; a card without GIDS data becomes a factory-empty one.
+def open_gids(
+    card: StoredCard, *, serial: int | None = None, provision: bool = False
+) -> StoredGidsApplet:
+    """The GIDS applet of ``card``.
 
-    Provisioning is one transaction: a card killed halfway has no GIDS data and is
-    provisioned again at the next open. GIDS records or a GIDS binding without the
-    GIDS record are damage, not an empty card: :class:`CorruptStore`, nothing wiped.
+    A bare card becomes a factory-empty GIDS card only with ``provision=True``
+    (code that creates cards gives it), in one transaction that also records
+    the card's application. GIDS records or a GIDS binding without the GIDS
+    record are damage, not an empty card: :class:`CorruptStore`, nothing wiped
+    (see :mod:`vsc.store.application`).
     """
     store = StoredGidsStore(card)
-    record = store.load()
-    if record is not None:
+    if require_application(card, "gids", provision=provision):
+        record = store.load()
+        if record is None:
+            raise CorruptStore(f"card {card.name!r} at {card.path}: {RECORD} is missing")
         if serial is not None and serial != record.serial:
             raise ValueError(f"serial {serial} differs from the card's {record.serial}")
         card.lock(BINDING)
-        return StoredGidsApplet(card, StoredGidsData(card, record, store))
-    leftovers = card.names("gids/")
-    if leftovers or BINDING in card.bindings():
-        raise CorruptStore(
-            f"card {card.name!r} at {card.path}: GIDS data without its record"
-            f" ({', '.join(leftovers[:3]) or 'the binding ' + BINDING}...): refusing to reset it"
-        )
+        return _applet(card, StoredGidsData(card, record, store))
     fresh = GidsRecord.factory(serial if serial is not None else random_serial())
     with card.transaction():
+        card.set_application("gids")
         data = StoredGidsData(card, fresh, store)
         data.commit(fresh)
-    return StoredGidsApplet(card, data)
+    return _applet(card, data)
+
+
+def _applet(card: StoredCard, data: StoredGidsData) -> StoredGidsApplet:
+    applet = StoredGidsApplet(card, data)
+    applet.events = card.report  # to the card's sink, whenever it is set
+    return applet

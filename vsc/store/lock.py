@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Self
 
 from .errors import CardInUse, CardNotFound, os_storage_failure
+from .files import open_private
 
 
 class CardLock:
@@ -35,7 +36,8 @@ class CardLock:
         if self._fd is not None:
             raise RuntimeError("lock already held")
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Never through a symbolic link: the lock is the card's, not another file.
+            fd = open_private(self.path, os.O_RDWR | os.O_CREAT, "card lock")
         except FileNotFoundError:
             raise CardNotFound(self.label, self.path.parent) from None
         except OSError as e:  # a read-only store, a full disk: say so, not a traceback
@@ -89,9 +91,11 @@ class CardLock:
 def is_locked(path: Path) -> bool:
     """Whether some process holds the lock at ``path`` right now (a snapshot)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return False
+    except OSError:
+        return True  # not a lock we can read (a symbolic link...): assume held, touch nothing
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:

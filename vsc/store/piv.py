@@ -58,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -103,9 +104,19 @@ from vsc.apdu import CommandApdu
 from vsc.applet import Response
 from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
 
+from .application import require_application
 from .card import CARD, StoredCard, bound
-from .errors import AuthFailed, BackendUnavailable, BindingLocked, CorruptStore, LockedOut
+from .errors import (
+    AuthFailed,
+    BackendUnavailable,
+    BindingLocked,
+    CorruptStore,
+    LockedOut,
+    StorageFailure,
+)
 from .tpmkeys import Placement, is_tpm_record
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ADMIN_ROLE",
@@ -573,6 +584,12 @@ class StoredPivApplet(PivApplet):
     def process(self, apdu: CommandApdu, session: SecurityState) -> bytes | Response:
         try:
             return super().process(apdu, session)
+        except CorruptStore as e:  # answered 6581: the damage is said here, loudly
+            log.error("card %r: %s", self.stored_card.name, e)
+            raise
+        except StorageFailure as e:  # answered 6581 too: a full disk may pass
+            log.warning("card %r: %s", self.stored_card.name, e)
+            raise
         finally:
             self._relock()
 
@@ -586,39 +603,49 @@ class StoredPivApplet(PivApplet):
 
 
 def open_piv(
-    card: StoredCard, *, serial: int | None = None, profile: PivProfile | None = None
+    card: StoredCard,
+    *,
+    serial: int | None = None,
+    profile: PivProfile | None = None,
+    provision: bool = False,
 ) -> StoredPivApplet:
-    """The PIV applet of ``card``; a card without PIV data is provisioned factory-fresh.
+    """The PIV applet of ``card``.
 
-    A fresh card gets ``serial`` (default: random) and ``profile`` (default:
-    the default profile); for a card that exists they must be its own
-    (``ValueError``). Provisioning (PIN binding, factory record, F9 attestation
-    key and certificate) is one transaction: a card killed halfway has no PIV
-    data and is provisioned again at the next open.
+    A bare card (no application yet) is provisioned factory-fresh only with
+    ``provision=True``, which code that creates cards gives: the PIN binding,
+    the factory record (``serial``, default random; ``profile``, default the
+    default profile), the F9 attestation key and certificate, and the card's
+    application (``piv``), in one transaction. For a card that exists,
+    ``serial`` and ``profile`` must be its own (``ValueError``). A PIV card whose record is
+    missing is damage, never provisioned again (see :mod:`vsc.store.application`).
     """
     store = StoredPivStore(card)
-    record = store.load()
-    if record is not None:
+    if require_application(card, "piv", provision=provision):
+        record = store.load()
+        if record is None:  # deleted between the two reads: still damage
+            raise CorruptStore(f"card {card.name!r} at {card.path}: {RECORD} is missing")
         if serial is not None and serial != record.serial:
             raise ValueError(f"serial {serial} differs from the card's {record.serial}")
         if profile is not None and profile.name != record.profile:
             raise ValueError(f"the card is a {record.profile} card, not {profile.name}")
         card.lock(BINDING)
-        return StoredPivApplet(card, StoredPivData(card, record, store))
+        return _applet(card, StoredPivData(card, record, store))
     fresh = PivRecord.factory(
         serial if serial is not None else random_serial(), profile or DEFAULT_PROFILE
     )
     try:
         with card.transaction():
-            # Leftovers of another program (no PIV record): not a card we can trust.
-            if BINDING in card.bindings():
-                card.delete_binding(BINDING)
-            for name in card.names("piv/"):
-                card.delete(name)
+            card.set_application("piv")
             card.create_binding(BINDING, _FACTORY_SECRETS)
             data = StoredPivData(card, fresh, store)
             data.commit(fresh)
-            applet = StoredPivApplet(card, data)  # generates F9, commits its certificate
+            applet = _applet(card, data)  # generates F9, commits its certificate
     finally:
         card.lock(BINDING)
+    return applet
+
+
+def _applet(card: StoredCard, data: StoredPivData) -> StoredPivApplet:
+    applet = StoredPivApplet(card, data)
+    applet.events = card.report  # to the card's sink, whenever it is set
     return applet

@@ -3,15 +3,30 @@
 Layout::
 
     STORE/                      default $VSC_STORE, else $XDG_DATA_HOME/vsc (0700)
-      cards/
+      cards/                    (0700)
         NAME/                   one card (0700); also openable by this path
           card.db               SQLite, WAL mode (+ card.db-wal, card.db-shm), 0600
-          lock                  flock()ed by the process that has the card open
+          lock                  flock()ed by the process that has the card open (0600)
 
-A card is created in a hidden sibling directory and renamed into place, so a
-half-created card never appears under its name and two creators of the same
-name cannot both win. :meth:`CardStore.destroy` takes the card's lock,
-renames it out of the way, overwrites its files and removes them.
+**A card exists when its directory is under its name.** A card is made
+whole in a hidden sibling directory (``.NAME.creating-XXXX``, locked by its
+creator) — its database, and with :func:`creating_card` its application
+and personalisation too — and renamed into place only when complete, so an
+interrupted creation never leaves a card under its name, and two creators
+of the same name cannot both win. What an interrupted creation or
+destruction leaves (a hidden directory nobody holds) is wiped by the next
+creation or destruction in the store, with a warning.
+
+So anything missing or unreadable in a card under its name is damage: a
+:class:`CorruptStore` naming the card and the path, never a card silently
+made again (see :mod:`vsc.store.application` for the card's application).
+A damaged card is still listed (:meth:`CardStore.names`) and can be
+destroyed. :meth:`CardStore.destroy` takes the card's lock, renames it out
+of the way, overwrites its files and removes them.
+
+The store's directories must be private (:mod:`vsc.store.files`): an
+existing store another user owns, or its group or others can write, is
+refused before anything in it is read or written.
 """
 
 from __future__ import annotations
@@ -24,15 +39,15 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .antihammer import WINDOWS_DEFAULTS, AntiHammer, DaParameters, SoftwareAntiHammer
-from .card import StoredCard, binding_auth, record_aad, recovery_record
+from .card import StoredCard, binding_auth, open_card_at, record_aad, recovery_record
 from .clock import Clock, SystemClock
 from .crypto import DecryptionFailed, open_sealed, random_key, x25519_public
-from .db import Database, read_meta
+from .db import AUDIT_ANCHOR, Database, parse_anchor, read_meta, write_anchor
 from .errors import (
     AuthFailed,
     BackendMismatch,
@@ -45,6 +60,7 @@ from .errors import (
     StoreError,
     os_storage_failure,
 )
+from .files import check_private_dir, make_private_dirs, open_private
 from .lock import CardLock, is_locked
 from .protect import BackendSpec, CounterBank, CounterRef, Protector, open_protector
 from .rollback import RollbackGuard, counter_auth
@@ -56,6 +72,10 @@ CARD_DB = "card.db"
 CARD_LOCK = "lock"
 CARDS_DIR = "cards"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Hidden directories of a creation or destruction in progress (or interrupted).
+#: Seconds before a hidden directory nobody holds counts as abandoned.
+_SWEEP_AGE = 60.0
+_WORK_RE = re.compile(r"\.([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.(creating|destroying)-[0-9a-f]{8}")
 
 
 def validate_card_name(name: str) -> str:
@@ -105,46 +125,95 @@ def create_card(
     lockout_auth: bytes = b"",
     settings: CardSettings | None = None,
 ) -> StoredCard:
-    """Create a card directory at ``path`` (its parent must exist) and open it.
+    """Create a bare card directory at ``path`` (no application yet) and open it.
 
     ``da`` and ``lockout_auth`` set the store-enforced anti-hammering of the
     software and plain backends; a TPM's parameters are the TPM's own
     (set them with ``card.anti_hammer.set_parameters``). ``settings`` are
-    sealed with the card key (:mod:`vsc.store.settings`).
+    sealed with the card key (:mod:`vsc.store.settings`). Code that makes a
+    complete card uses :func:`creating_card` instead.
+    """
+    path = Path(path)
+    with creating_card(
+        path,
+        backend,
+        name=name,
+        clock=clock,
+        da=da,
+        lockout_auth=lockout_auth,
+        settings=settings,
+    ):
+        pass
+    return open_card(path, backend, name=name or path.name, clock=clock)
+
+
+@contextlib.contextmanager
+def creating_card(
+    path: Path | str,
+    backend: BackendSpec,
+    *,
+    name: str | None = None,
+    clock: Clock | None = None,
+    da: DaParameters = WINDOWS_DEFAULTS,
+    lockout_auth: bytes = b"",
+    settings: CardSettings | None = None,
+) -> Iterator[StoredCard]:
+    """A new card, open in its staging directory; it appears at ``path`` when the block ends.
+
+    Provision and personalise it inside the block (``open_piv(card,
+    provision=True)``, ...). An exception (or a crash) leaves no card at
+    ``path`` (and frees the TPM rollback counter the card got);
+    :class:`CardExists` if someone else created one there meanwhile.
+    ``settings`` are sealed with the card key (:mod:`vsc.store.settings`).
+    The card is closed when the block ends: open it again at ``path``.
     """
     settings = settings if settings is not None else CardSettings()
     path = Path(path)
     label = name or path.name
     clock = clock or SystemClock()
-    if path.exists():
+    if os.path.lexists(path):
         raise CardExists(label, path)
-    protector = open_protector(backend)
+    _sweep(path.parent)
+    staging = path.parent / f".{path.name}.creating-{secrets.token_hex(4)}"
+    lock: CardLock | None = None
+    card: StoredCard | None = None
+    protector: Protector | None = None
+    counter: CounterRef | None = None
     try:
-        staging = path.parent / f".{path.name}.creating-{secrets.token_hex(4)}"
         try:
             staging.mkdir(mode=0o700)
-            counter: CounterRef | None = None
-            try:
-                counter = _initialise(staging, protector, clock, da, lockout_auth, settings, label)
-                try:
-                    # rename() onto an existing non-empty directory fails: no two creators win.
-                    os.rename(staging, path)
-                except OSError:
-                    raise CardExists(label, path) from None
-                _fsync_dir(path.parent)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                if counter is not None:
-                    _remove_counter(protector, counter, label)
-                raise
+            lock = CardLock(staging / CARD_LOCK, label)
+            lock.acquire()  # held from the start: a sweeper leaves it alone
+            protector = open_protector(backend)
+            counter = _initialise(staging, protector, clock, da, lockout_auth, settings, label)
         except OSError as e:  # a full disk or a read-only store: a StorageFailure
             failure = os_storage_failure(f"cannot create card {label!r} at {path}", e)
             if failure is None:
                 raise
             raise failure from None
+        card = _open_with_lock(staging, label, lock, backend, clock)
+        lock = None  # the card holds it now
+        yield card
+        card.close()
+        try:
+            # rename() onto an existing non-empty directory fails: no two creators win.
+            os.rename(staging, path)
+        except OSError:
+            raise CardExists(label, path) from None
+        counter = None  # the card at ``path`` owns it now
+        _fsync_dir(path.parent)
+    except BaseException:
+        if card is not None:
+            card.close()
+        if lock is not None:
+            lock.release()
+        _wipe(staging)
+        if counter is not None and protector is not None:
+            _remove_counter(protector, counter, label)
+        raise
     finally:
-        protector.close()
-    return open_card(path, backend, name=label, clock=clock)
+        if protector is not None:
+            protector.close()
 
 
 def _initialise(
@@ -171,9 +240,9 @@ def _initialise(
             log.warning("card %r: created WITHOUT rollback protection: %s", label, e)
             bank = None
     try:
-        _write_files(directory, protector, clock, da, lockout_auth, settings, card_key, salt)
+        _write_files(directory, protector, clock, da, lockout_auth, settings, card_key, salt, label)
         if bank is not None and counter is not None:
-            _stamp(directory, bank, counter, card_key, value)
+            _stamp(directory, bank, counter, card_key, value, label)
     except BaseException:
         if counter is not None:
             _remove_counter(protector, counter, label)
@@ -190,6 +259,7 @@ def _write_files(
     settings: CardSettings,
     card_key: bytes,
     salt: bytes,
+    label: str,
 ) -> None:
     meta = {
         "card_id": secrets.token_bytes(16),
@@ -202,23 +272,22 @@ def _write_files(
             else protector.seal(settings.seal_payload(card_key))
         ),
     }
-    db = Database(directory / CARD_DB, create=True)
+    db = Database(directory / CARD_DB, create=True, label=label)
     try:
         with db.transaction():
             db.initialise(meta)
             SoftwareAntiHammer.initialise(db, clock, salt, da, lockout_auth)
     finally:
         db.close()
-    (directory / CARD_LOCK).touch(mode=0o600)
 
 
 def _stamp(
-    directory: Path, bank: CounterBank, ref: CounterRef, card_key: bytes, value: int
+    directory: Path, bank: CounterBank, ref: CounterRef, card_key: bytes, value: int, label: str
 ) -> None:
-    db = Database(directory / CARD_DB)
+    db = Database(directory / CARD_DB, label=label)
     try:
         with db.transaction():
-            RollbackGuard(directory.name, bank, ref, card_key).stamp(db, value)
+            RollbackGuard(label, bank, ref, card_key).stamp(db, value)
     finally:
         db.close()
 
@@ -242,6 +311,8 @@ def open_card(
 ) -> StoredCard:
     """Open the card at ``path``: take its lock, check the backend, unseal the card key.
 
+    :class:`CardNotFound` if there is no card there; :class:`CorruptStore` if
+    the card's directory is there but its database is not (or is damaged);
     :class:`CardInUse` if another process has it open; :class:`BackendMismatch`
     if ``backend`` is not the TPM / key the card was sealed with;
     :class:`PcrMismatch` if the card is bound to a boot state that changed
@@ -251,17 +322,15 @@ def open_card(
     path = Path(path)
     label = name or path.name
     clock = clock or SystemClock()
-    if not (path / CARD_DB).is_file():
+    if not path.is_dir():
         raise CardNotFound(label, path)
+    if not (path / CARD_DB).is_file() and not os.path.lexists(path / CARD_LOCK):
+        raise CardNotFound(label, path)  # a directory, but never a card: leave it alone
+    check_private_dir(path, f"card {label!r}")
     lock = CardLock(path / CARD_LOCK, label)
     lock.acquire()
     try:
-        db = Database(path / CARD_DB)
-        try:
-            return _open_locked(path, label, lock, db, backend, clock, recover)
-        except BaseException:
-            db.close()
-            raise
+        return _open_with_lock(path, label, lock, backend, clock, recover)
     except BaseException:
         lock.release()
         raise
@@ -305,6 +374,24 @@ def _recover(
     return payload
 
 
+def _open_with_lock(
+    path: Path,
+    label: str,
+    lock: CardLock,
+    backend: BackendSpec,
+    clock: Clock,
+    recover: Recovery | None = None,
+) -> StoredCard:
+    if not (path / CARD_DB).is_file():
+        raise CorruptStore(f"card {label!r} at {path}: its database {CARD_DB} is missing")
+    db = Database(path / CARD_DB, label=label)
+    try:
+        return _open_locked(path, label, lock, db, backend, clock, recover)
+    except BaseException:
+        db.close()
+        raise
+
+
 def _open_locked(
     path: Path,
     label: str,
@@ -320,7 +407,7 @@ def _open_locked(
         identity = json.loads(meta["backend"])
         card_id, salt, sealed_key = meta["card_id"], meta["salt"], meta["card_key"]
     except (KeyError, ValueError) as e:
-        raise CorruptStore(f"card {label!r}: bad metadata ({e})") from None
+        raise CorruptStore(f"card {label!r} at {path}: bad metadata ({e})") from None
     protector = open_protector(backend, identity)
     try:
         try:
@@ -379,7 +466,7 @@ def _sealed_settings(
     path: Path, label: str, backend: BackendSpec
 ) -> tuple[Protector, CardSettings]:
     """The backend and sealed settings of a card, without its lock or any check of its state."""
-    meta = read_meta(path / CARD_DB)
+    meta = read_meta(path / CARD_DB, label)
     try:
         identity = json.loads(meta["backend"])
         sealed_key = meta["card_key"]
@@ -397,18 +484,44 @@ def _sealed_settings(
 def _wipe(directory: Path) -> None:
     """Overwrite the files of a card being destroyed, then remove them (best effort:
     copy-on-write filesystems and SSDs may keep old blocks)."""
-    for file in directory.iterdir():
-        with contextlib.suppress(OSError):
-            size = file.stat().st_size
-            with file.open("r+b") as f:
-                f.write(b"\0" * size)
-                f.flush()
-                os.fsync(f.fileno())
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for file in directory.iterdir():
+            with contextlib.suppress(OSError):
+                if not file.is_file() or file.is_symlink():
+                    continue
+                size = file.stat().st_size
+                fd = open_private(file, os.O_RDWR, "card file")
+                with os.fdopen(fd, "r+b") as f:
+                    f.write(b"\0" * size)
+                    f.flush()
+                    os.fsync(f.fileno())
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def _sweep(cards_dir: Path) -> None:
+    """Wipe what interrupted creations and destructions left in ``cards_dir``."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in cards_dir.iterdir():
+            match = _WORK_RE.fullmatch(entry.name)
+            if match is None or not entry.is_dir() or entry.is_symlink():
+                continue
+            try:
+                young = time.time() - entry.stat().st_mtime < _SWEEP_AGE
+            except OSError:
+                continue
+            if young or is_locked(entry / CARD_LOCK):
+                continue  # in progress (its creator may not hold its lock yet)
+            what = "creation" if match.group(2) == "creating" else "destruction"
+            log.warning("wiping %s: an interrupted %s of card %r", entry, what, match.group(1))
+            _wipe(entry)
+
+
 class CardStore:
-    """A directory of cards, addressed by name."""
+    """A directory of cards, addressed by name.
+
+    Every method that reads or writes the store first checks that its
+    directories are private (:class:`vsc.store.files.UnsafePath` if not).
+    """
 
     def __init__(self, root: Path | str | None = None, *, clock: Clock | None = None) -> None:
         self.root = Path(root) if root is not None else default_store_path()
@@ -424,18 +537,56 @@ class CardStore:
     def path_of(self, name: str) -> Path:
         return self.cards_dir / validate_card_name(name)
 
+    def check(self) -> bool:
+        """Whether the store exists; :class:`UnsafePath` if it (or ``cards/``) is not private."""
+        if not os.path.lexists(self.root):
+            return False
+        check_private_dir(self.root, "store")
+        if os.path.lexists(self.cards_dir):
+            check_private_dir(self.cards_dir, "store cards directory")
+        return True
+
+    def make(self) -> None:
+        """Create the store (0700, missing parents too) or check the one there."""
+        make_private_dirs(self.root, "store")
+        make_private_dirs(self.cards_dir, "store cards directory")
+
     def names(self) -> list[str]:
-        """The cards in the store, sorted."""
-        if not self.cards_dir.is_dir():
+        """The cards in the store, sorted (damaged ones too: a card is its directory)."""
+        if not self.check() or not self.cards_dir.is_dir():
             return []
         return sorted(
-            p.name
-            for p in self.cards_dir.iterdir()
-            if _NAME_RE.fullmatch(p.name) and (p / CARD_DB).is_file()
+            p.name for p in self.cards_dir.iterdir() if _NAME_RE.fullmatch(p.name) and p.is_dir()
         )
 
     def exists(self, name: str) -> bool:
-        return (self.path_of(name) / CARD_DB).is_file()
+        path = self.path_of(name)
+        self.check()
+        return os.path.lexists(path)
+
+    @contextlib.contextmanager
+    def creating(
+        self,
+        name: str,
+        backend: BackendSpec,
+        *,
+        da: DaParameters = WINDOWS_DEFAULTS,
+        lockout_auth: bytes = b"",
+        settings: CardSettings | None = None,
+    ) -> Iterator[StoredCard]:
+        """:func:`creating_card` in the store: the card appears under ``name`` when complete."""
+        path = self.path_of(name)
+        self.make()
+        with creating_card(
+            path,
+            backend,
+            name=name,
+            clock=self.clock,
+            da=da,
+            lockout_auth=lockout_auth,
+            settings=settings,
+        ) as card:
+            yield card
 
     def create(
         self,
@@ -446,8 +597,9 @@ class CardStore:
         lockout_auth: bytes = b"",
         settings: CardSettings | None = None,
     ) -> StoredCard:
+        """A bare card (no application yet), open; see :meth:`creating` for a complete one."""
         path = self.path_of(name)
-        self.cards_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.make()
         return create_card(
             path,
             backend,
@@ -461,30 +613,38 @@ class CardStore:
     def open(
         self, name: str, backend: BackendSpec, *, recover: Recovery | None = None
     ) -> StoredCard:
-        return open_card(self.path_of(name), backend, name=name, clock=self.clock, recover=recover)
+        path = self.path_of(name)
+        self.check()
+        return open_card(path, backend, name=name, clock=self.clock, recover=recover)
 
     def info(self, name: str) -> CardInfo:
+        """What a listing shows; :class:`CorruptStore` (naming what) for a damaged card."""
         path = self.path_of(name)
-        if not (path / CARD_DB).is_file():
+        self.check()
+        if not path.is_dir():
             raise CardNotFound(name, path)
-        meta = read_meta(path / CARD_DB)
+        if not (path / CARD_DB).is_file():
+            raise CorruptStore(f"card {name!r} at {path}: its database {CARD_DB} is missing")
+        meta = read_meta(path / CARD_DB, name)
         try:
             kind = str(json.loads(meta["backend"])["kind"])
             created = float(meta["created"])
         except (KeyError, ValueError, TypeError) as e:
-            raise CorruptStore(f"card {name!r}: bad metadata ({e})") from None
+            raise CorruptStore(f"card {name!r} at {path}: bad metadata ({e})") from None
         return CardInfo(name, path, kind, created, is_locked(path / CARD_LOCK))
 
     def destroy(self, name: str, backend: BackendSpec | None = None) -> None:
-        """Delete a card that nobody has open; its sealed blobs are overwritten.
+        """Delete a card that nobody has open (a damaged one too); its files are overwritten.
 
         With ``backend``, its TPM rollback counter is freed too (also for a card
         refused as rolled back); without, or when the TPM cannot be reached, the
         counter stays defined in the TPM (logged).
         """
         path = self.path_of(name)
-        if not (path / CARD_DB).is_file():
+        self.check()
+        if not path.is_dir() or path.is_symlink():
             raise CardNotFound(name, path)
+        _sweep(self.cards_dir)
         trash = self.cards_dir / f".{name}.destroying-{secrets.token_hex(4)}"
         with CardLock(path / CARD_LOCK, name):
             counter = self._counter_of(path, name, backend)
@@ -513,3 +673,28 @@ class CardStore:
             protector.close()
             return None
         return protector, CounterRef(settings.rollback_counter)
+
+    # -- audit anchors --------------------------------------------------------------------
+
+    def anchor_audit(self, name: str, seq: int, digest: str) -> None:
+        """Record audit record ``seq`` (``digest``) in card ``name``, if it exists."""
+        path = self.path_of(name)
+        if not (path / CARD_DB).is_file():
+            return  # no card (destroyed, never made, damaged): nothing to anchor in
+        card = open_card_at(path)
+        if card is not None and not card.closed:
+            card.anchor_audit(seq, digest)
+        else:
+            write_anchor(path / CARD_DB, seq, digest)
+
+    def audit_anchors(self) -> dict[str, tuple[int, str]]:
+        """Each readable card's audit anchor (cards without one, or damaged, are left out)."""
+        anchors = {}
+        for name in self.names():
+            with contextlib.suppress(CorruptStore, OSError):
+                anchor = parse_anchor(
+                    read_meta(self.path_of(name) / CARD_DB, name).get(AUDIT_ANCHOR)
+                )
+                if anchor is not None:
+                    anchors[name] = anchor
+        return anchors
