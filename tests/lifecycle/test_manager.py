@@ -493,6 +493,7 @@ def test_the_audit_log_records_everything_and_no_secret(manager: CardManager) ->
         "lock",
         "challenge",
         "unlock",
+        "pin-blocked",  # the last wrong PIN, through the card
         "challenge",
         "unblock",
         "destroy",

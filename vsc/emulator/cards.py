@@ -251,8 +251,11 @@ def open_card(
     """
     path, name = _card_location(spec, store)
     # A card of a store: its security events, through its APDUs and its store, go to
-    # the store's audit log.
+    # the store's audit log (checked first: a card is not served unaudited).
     audit = AuditLog(path.parent.parent, via="emulator") if path.parent.name == CARDS_DIR else None
+    if audit is not None:
+        CardStore(audit.root).make()
+        audit.check()
     stored, created = _open_or_create(
         path, name, backend, applet, profile=profile, serial=serial, settings=settings
     )

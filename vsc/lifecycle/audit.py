@@ -278,6 +278,15 @@ class AuditLog:
 
     # -- writing ------------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Refuse now (:class:`vsc.store.files.UnsafePath`, OSError) what :meth:`write` would.
+
+        Called before a change that must be audited, so that it is not made at all
+        when its record could not be written.
+        """
+        make_private_dirs(self.root)
+        os.close(open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, "audit log"))
+
     def write(
         self,
         event: str,
@@ -546,7 +555,7 @@ class CardEvents:
         if event == Event.UNLOCK:
             fields["minutes"] = None if seconds is None else int(seconds) // 60
             fields["duration"] = "unrestricted" if seconds is None else f"{seconds} s"
-        if outcome in (None, Outcome.SUCCESS):
+        if outcome in (None, Outcome.SUCCESS) or event in _REFUSALS:
             template = _CARD_MESSAGES.get(event, "{card}: " + event)
         else:
             template = _REFUSED_MESSAGES.get(event, "{card}: " + event + f" ({outcome})")

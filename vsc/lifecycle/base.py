@@ -224,6 +224,7 @@ class ManagerBase:
     def creation_lock(self) -> Iterator[None]:
         """Serialises creations in the store: the capacity check and the creation are one step."""
         self.store.make()
+        self.audit.check()  # a creation that could not be audited is not made
         fd = open_private(self.store.root / _STORE_LOCK, os.O_RDWR | os.O_CREAT, "store lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

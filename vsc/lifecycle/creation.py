@@ -244,6 +244,7 @@ class Creating(ManagerBase):
                 self._open(name) as (_, _, data),
             ):
                 serial = data.serial
+        self.audit.check()  # a destruction that could not be audited is not done
         self.store.destroy(name, self.backend)
         self.unregister(name)
         self.audit.write("destroy", name, f"{name}: destroyed", serial=serial)

@@ -102,7 +102,7 @@ from applets.piv.state import (
 )
 from vsc.apdu import CommandApdu
 from vsc.applet import Response
-from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
+from vsc.sw import ApduError, ConditionsNotSatisfied, SecurityStatusNotSatisfied
 
 from .application import require_application
 from .card import CARD, StoredCard, bound
@@ -445,9 +445,12 @@ class StoredPivData(PivData):
         try:
             self._card.unlock(BINDING, _ROLES[ref], candidate)
         except AuthFailed:
+            if self.tries(ref).remaining == 0:  # that was the last try, whichever path
+                self._card.report(f"{ref.name.lower()}-blocked", {"outcome": "refused"})
             return False
         except LockedOut as e:
             self._give_back(ref)
+            self._card.report("tpm-lockout", {"what": ref.name, "outcome": "refused"})
             raise ConditionsNotSatisfied(f"{ref.name} not checked: {e}") from None
         except BackendUnavailable as e:
             if not e.compared:  # a TPM outage must not block the PIN
@@ -582,16 +585,23 @@ class StoredPivApplet(PivApplet):
             self._relock()
 
     def process(self, apdu: CommandApdu, session: SecurityState) -> bytes | Response:
+        event = _apdu_event(apdu)
         try:
-            return super().process(apdu, session)
-        except CorruptStore as e:  # answered 6581: the damage is said here, loudly
-            log.error("card %r: %s", self.stored_card.name, e)
-            raise
-        except StorageFailure as e:  # answered 6581 too: a full disk may pass
-            log.warning("card %r: %s", self.stored_card.name, e)
+            response = super().process(apdu, session)
+        except ApduError as e:
+            if event is not None and _wrong_secret(e.sw):
+                tries = {"tries_left": e.sw & 0x0F} if e.sw & 0xFFF0 == 0x63C0 else {}
+                self.stored_card.report(event, {"outcome": "refused", **tries})
+            if isinstance(e, CorruptStore):  # answered 6581: the damage is said here, loudly
+                log.error("card %r: %s", self.stored_card.name, e)
+            elif isinstance(e, StorageFailure):  # answered 6581 too: a full disk may pass
+                log.warning("card %r: %s", self.stored_card.name, e)
             raise
         finally:
             self._relock()
+        if event is not None:
+            self.stored_card.report(event, {})
+        return response
 
     def _relock(self) -> None:
         # Sessions only ever lose PIN status without the binding noticing, never gain
@@ -600,6 +610,28 @@ class StoredPivApplet(PivApplet):
         # epoch (PIN replaced, card locked) has lost it already.
         if not any(s.pin_verified and s.epoch == self._epoch for s in self._sessions):
             self.stored_card.lock(BINDING)
+
+
+#: The security events of PIV commands the applet does not report itself, by (INS, P1, P2):
+#: CHANGE REFERENCE DATA of the PIN or PUK, RESET RETRY COUNTER with the PUK, and
+#: SET MANAGEMENT KEY (P2 FF, P1 FF/FE/FD: the touch policy).
+_APDU_EVENTS = {
+    (0x24, 0x00, 0x80): "pin-change",
+    (0x24, 0x00, 0x81): "puk-change",
+    (0x2C, 0x00, 0x80): "puk-unblock",
+    **{(0xFF, p1, 0xFF): "admin-key-change" for p1 in (0xFF, 0xFE, 0xFD)},
+}
+
+
+def _apdu_event(apdu: CommandApdu) -> str | None:
+    if apdu.cla & 0x10:  # a chained part: its last part carries the command
+        return None
+    return _APDU_EVENTS.get((apdu.ins, apdu.p1, apdu.p2))
+
+
+def _wrong_secret(sw: int) -> bool:
+    """A refusal for a wrong PIN, PUK or key (63Cx, 6983 blocked, 6982 not authenticated)."""
+    return sw & 0xFFF0 == 0x63C0 or sw in (0x6983, 0x6982)
 
 
 def open_piv(
