@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from vsc.store import CardStore
-from vsc.store.errors import StoreError
+from vsc.store.errors import StoreError, os_storage_failure
 from vsc.store.files import make_private_dirs, open_private
 
 __all__ = [
@@ -284,8 +284,12 @@ class AuditLog:
         Called before a change that must be audited, so that it is not made at all
         when its record could not be written.
         """
-        make_private_dirs(self.root)
-        os.close(open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, "audit log"))
+        try:
+            make_private_dirs(self.root)
+            os.close(open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, "audit log"))
+        except OSError as e:  # a read-only store, a full disk, no permission: said, not a trace
+            what = f"cannot write the audit log {self.path}"
+            raise os_storage_failure(what, e) or StoreError(f"{what}: {e.strerror or e}") from None
 
     def write(
         self,

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from types import MappingProxyType
@@ -79,11 +78,9 @@ from .errors import (
     BindingLocked,
     CorruptStore,
     LockedOut,
-    StorageFailure,
 )
+from .events import reporting
 from .piv import StoredKeyStore
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "ADMIN_ROLE",
@@ -343,13 +340,8 @@ class StoredGidsApplet(GidsApplet):
 
     def process(self, apdu: CommandApdu, session: Session) -> bytes | Response:
         try:
-            return super().process(apdu, session)
-        except CorruptStore as e:  # answered 6581: the damage is said here, loudly
-            log.error("card %r: %s", self.stored_card.name, e)
-            raise
-        except StorageFailure as e:  # answered 6581 too: a full disk may pass
-            log.warning("card %r: %s", self.stored_card.name, e)
-            raise
+            with reporting(self.stored_card, _COMMAND_EVENTS, apdu):
+                return super().process(apdu, session)
         finally:
             self._relock()
 
@@ -358,6 +350,15 @@ class StoredGidsApplet(GidsApplet):
         # of an older epoch (an unblock since) has lost it already.
         if not any(s.pin_verified and s.epoch == self._epoch for s in self._sessions):
             self.stored_card.lock(BINDING)
+
+
+#: The security events of GIDS commands the applet does not report itself
+#: (vsc.store.events): CHANGE REFERENCE DATA with the old value (P1 00) or without (01).
+_COMMAND_EVENTS = {
+    (0x24, p1, p2): event
+    for p1 in (0x00, 0x01)
+    for p2, event in ((0x80, "pin-change"), (0x81, "puk-change"))
+}
 
 
 def has_gids(card: StoredCard) -> bool:

@@ -58,7 +58,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-import logging
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -102,7 +101,7 @@ from applets.piv.state import (
 )
 from vsc.apdu import CommandApdu
 from vsc.applet import Response
-from vsc.sw import ApduError, ConditionsNotSatisfied, SecurityStatusNotSatisfied
+from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
 
 from .application import require_application
 from .card import CARD, StoredCard, bound
@@ -112,11 +111,9 @@ from .errors import (
     BindingLocked,
     CorruptStore,
     LockedOut,
-    StorageFailure,
 )
+from .events import reporting
 from .tpmkeys import Placement, is_tpm_record
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "ADMIN_ROLE",
@@ -585,23 +582,11 @@ class StoredPivApplet(PivApplet):
             self._relock()
 
     def process(self, apdu: CommandApdu, session: SecurityState) -> bytes | Response:
-        event = _apdu_event(apdu)
         try:
-            response = super().process(apdu, session)
-        except ApduError as e:
-            if event is not None and _wrong_secret(e.sw):
-                tries = {"tries_left": e.sw & 0x0F} if e.sw & 0xFFF0 == 0x63C0 else {}
-                self.stored_card.report(event, {"outcome": "refused", **tries})
-            if isinstance(e, CorruptStore):  # answered 6581: the damage is said here, loudly
-                log.error("card %r: %s", self.stored_card.name, e)
-            elif isinstance(e, StorageFailure):  # answered 6581 too: a full disk may pass
-                log.warning("card %r: %s", self.stored_card.name, e)
-            raise
+            with reporting(self.stored_card, _COMMAND_EVENTS, apdu):
+                return super().process(apdu, session)
         finally:
             self._relock()
-        if event is not None:
-            self.stored_card.report(event, {})
-        return response
 
     def _relock(self) -> None:
         # Sessions only ever lose PIN status without the binding noticing, never gain
@@ -612,26 +597,14 @@ class StoredPivApplet(PivApplet):
             self.stored_card.lock(BINDING)
 
 
-#: The security events of PIV commands the applet does not report itself, by (INS, P1, P2):
-#: CHANGE REFERENCE DATA of the PIN or PUK, RESET RETRY COUNTER with the PUK, and
-#: SET MANAGEMENT KEY (P2 FF, P1 FF/FE/FD: the touch policy).
-_APDU_EVENTS = {
+#: The security events of PIV commands the applet does not report itself (vsc.store.events).
+_COMMAND_EVENTS = {
     (0x24, 0x00, 0x80): "pin-change",
     (0x24, 0x00, 0x81): "puk-change",
     (0x2C, 0x00, 0x80): "puk-unblock",
+    # SET MANAGEMENT KEY; P1 is the touch policy.
     **{(0xFF, p1, 0xFF): "admin-key-change" for p1 in (0xFF, 0xFE, 0xFD)},
 }
-
-
-def _apdu_event(apdu: CommandApdu) -> str | None:
-    if apdu.cla & 0x10:  # a chained part: its last part carries the command
-        return None
-    return _APDU_EVENTS.get((apdu.ins, apdu.p1, apdu.p2))
-
-
-def _wrong_secret(sw: int) -> bool:
-    """A refusal for a wrong PIN, PUK or key (63Cx, 6983 blocked, 6982 not authenticated)."""
-    return sw & 0xFFF0 == 0x63C0 or sw in (0x6983, 0x6982)
 
 
 def open_piv(
