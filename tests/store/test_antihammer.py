@@ -244,3 +244,16 @@ def test_plain_backend_enforces_too(store: CardStore) -> None:
     with pytest.raises(LockedOut):
         card.unlock("piv", "pin", PIN)
     card.close()
+
+
+def test_a_lockout_is_a_security_event_of_the_card(
+    store: CardStore, spec: BackendSpec, clock: ManualClock
+) -> None:
+    card = new_card(store, spec)
+    seen: list[tuple[str, dict[str, object]]] = []
+    card.events = lambda event, details: seen.append((event, dict(details)))
+    wrong(card, 4)
+    assert seen == []  # wrong tries are the applet's to report (63Cx, blocked)
+    with pytest.raises(LockedOut):
+        card.unlock("piv", "pin", PIN, counter="pin")
+    assert seen == [("tpm-lockout", {"what": "pin", "outcome": "refused"})]

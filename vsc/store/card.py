@@ -603,19 +603,17 @@ class StoredCard:
         auth = self._auth(binding, role, secret)
         try:
             token = self._anti_hammer.before_try()
+            try:
+                private = self._protector.unseal(bytes(row[0]), auth=auth)
+            except AuthFailed:
+                self._anti_hammer.after_try(token, success=False)
+                log.info("card %s: wrong %s for binding %s", self.name, role, binding)
+                raise AuthFailed(f"wrong {role}", remaining) from None
         except LockedOut:
             if counter is not None:
                 self._refund(counter)
-            raise
-        try:
-            private = self._protector.unseal(bytes(row[0]), auth=auth)
-        except AuthFailed:
-            self._anti_hammer.after_try(token, success=False)
-            log.info("card %s: wrong %s for binding %s", self.name, role, binding)
-            raise AuthFailed(f"wrong {role}", remaining) from None
-        except LockedOut:
-            if counter is not None:
-                self._refund(counter)
+            # Seen whichever path asked (the card's APDUs, the CLI): a security event.
+            self.report("tpm-lockout", {"what": role, "outcome": "refused"})
             raise
         except BackendUnavailable as e:
             # A TPM that could not be reached compared nothing: an outage must not

@@ -446,8 +446,7 @@ class StoredPivData(PivData):
                 self._card.report(f"{ref.name.lower()}-blocked", {"outcome": "refused"})
             return False
         except LockedOut as e:
-            self._give_back(ref)
-            self._card.report("tpm-lockout", {"what": ref.name, "outcome": "refused"})
+            self._give_back(ref)  # (the store reported the lockout)
             raise ConditionsNotSatisfied(f"{ref.name} not checked: {e}") from None
         except BackendUnavailable as e:
             if not e.compared:  # a TPM outage must not block the PIN
