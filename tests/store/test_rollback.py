@@ -281,3 +281,47 @@ def test_an_owned_tpm_needs_its_owner_authorisation_for_the_counter(
     with store.create("with", owned) as card:
         assert card.rollback is not None
     store.destroy("with", owned)
+
+
+def test_audit_anchors_keep_a_protected_card_openable(tmp_path: Path, swtpm: Swtpm) -> None:
+    """Each ``vsc`` command's audit record is anchored in its card's database, by a connection
+    of its own when no card is open (so also while the emulator has it): the anchor is kept
+    out of the state the rollback MAC covers, so a TPM card still opens after create, lock,
+    unlock, destroy of another card, and its anchor is the newest record about it."""
+    vsc = Vsc(tmp_path / "store", ["--tpm", swtpm.tcti])
+    vsc.run("create", "alice", "--pin", "24681357")
+    vsc.run("create", "bob", "--pin", "24681357")
+    vsc.run("lock", "alice")
+    assert "rollback:      TPM NV counter 0x01" in vsc.run("info", "alice").stdout
+    vsc.run("destroy", "bob")
+    vsc.run("lock", "alice", "--at", "+2h")
+    assert "the files in step" in vsc.run("info", "alice").stdout
+    store = CardStore(tmp_path / "store")
+    with store.open("alice", BackendSpec.tpm(swtpm.tcti)) as card:
+        assert card.rollback is not None
+    last = [e for e in vsc.audit.events("alice") if "hash" in e][-1]
+    assert store.audit_anchors() == {"alice": (last["seq"], last["hash"])}
+    assert "anchors" in vsc.run("audit", "--verify").stdout
+
+
+def test_a_staged_creation_that_fails_frees_its_counter(store: CardStore, swtpm: Swtpm) -> None:
+    """A card made whole in its staging directory gets its counter there; a failure inside
+    the block leaves no card, no staging directory and no counter in the TPM."""
+    spec = BackendSpec.tpm(swtpm.tcti)
+    before = nv_indices(swtpm.tcti)
+    with (
+        pytest.raises(RuntimeError, match="personalisation"),
+        store.creating("alice", spec) as card,
+    ):
+        assert card.rollback is not None
+        card.put("cert/9a", b"certificate")  # a change counted while staged
+        raise RuntimeError("personalisation failed")
+    assert nv_indices(swtpm.tcti) == before
+    assert list(store.cards_dir.iterdir()) == []
+    with store.creating("alice", spec, settings=CardSettings(pcrs=(7,))) as card:
+        assert card.rollback is not None and card.settings.pcrs == (7,)
+        card.put("cert/9a", b"certificate")
+    with store.open("alice", spec) as card:  # staged changes are in step with the counter
+        assert card.get("cert/9a") == b"certificate"
+        assert card.settings.pcrs == (7,)
+        assert card.rollback is not None and card.rollback.state.files == counter_value(card)

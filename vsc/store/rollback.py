@@ -44,6 +44,11 @@ as the card's user with access to the same TPM can unseal the card key (it
 needs no PIN) and so recompute the MAC for old content at the current epoch;
 binding the card key to the boot state (``vsc create --pcr``) narrows that to
 the same boot state.
+
+The MAC leaves out the audit anchor (the last audit record about the card,
+:data:`UNSIGNED`): it is written without the card key, by a connection of its
+own while the card is open elsewhere, and it is not card state (the card never
+reads it; ``vsc audit --verify`` checks it against the audit log).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .crypto import constant_time_equal, hkdf
-from .db import Database
+from .db import AUDIT_ANCHOR, Database
 from .errors import CorruptStore, RolledBack, StoreError
 from .protect import CounterBank, CounterRef
 
@@ -64,6 +69,11 @@ log = logging.getLogger(__name__)
 #: Rows of the ``meta`` table this module owns (left out of the digest they sign).
 EPOCH = "rollback_epoch"
 MAC = "rollback_mac"
+#: Rows of the ``meta`` table outside the card's state: the MAC leaves them out. The audit
+#: anchor is written by whoever writes an audit record about the card, also while another
+#: process has the card open (vsc.store.db.write_anchor); it is evidence about the audit
+#: log, never read by the card, and checked against that log by ``vsc audit --verify``.
+UNSIGNED = (EPOCH, MAC, AUDIT_ANCHOR)
 
 
 def counter_auth(card_key: bytes) -> bytes:
@@ -91,7 +101,7 @@ def content_digest(db: Database) -> bytes:
         rows = db.all(f'SELECT * FROM "{table}"')  # names from sqlite_master
         encoded = sorted(b"".join(_encode(v) for v in row) for row in rows)
         if table == "meta":
-            skip = {_encode(EPOCH), _encode(MAC)}
+            skip = {_encode(key) for key in UNSIGNED}
             encoded = [r for r in encoded if not any(r.startswith(s) for s in skip)]
         digest.update(_encode(str(table)) + len(encoded).to_bytes(4, "big"))
         for row in encoded:
