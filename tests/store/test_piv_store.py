@@ -41,6 +41,7 @@ from vsc.store import (
     BackendMismatch,
     BackendSpec,
     BindingLocked,
+    CardSettings,
     CardStore,
     DaParameters,
     StoredCard,
@@ -75,9 +76,16 @@ class Piv:
         self.stored.close()
 
 
-def open_piv_card(store: CardStore, backend: BackendSpec, name: str = "alice") -> Piv:
+def open_piv_card(
+    store: CardStore,
+    backend: BackendSpec,
+    name: str = "alice",
+    *,
+    settings: CardSettings | None = None,
+) -> Piv:
+    """The PIV card ``name``; made (with ``settings``) and provisioned if it does not exist."""
     exists = store.exists(name)
-    stored = store.open(name, backend) if exists else store.create(name, backend)
+    stored = store.open(name, backend) if exists else store.create(name, backend, settings=settings)
     applet = open_piv(stored, serial=SERIAL, profile=YUBIKEY_5_7, provision=not exists)
     card = Card()
     card.register(applet, default=True)

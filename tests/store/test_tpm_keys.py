@@ -274,8 +274,7 @@ def test_algorithms_the_tpm_lacks_are_refused(
 
 
 def test_software_keys_when_the_card_allows_them(store: CardStore, backend: BackendSpec) -> None:
-    store.create("alice", backend, settings=CardSettings(software_keys=True)).close()
-    piv = open_piv_card(store, backend)
+    piv = open_piv_card(store, backend, settings=CardSettings(software_keys=True))
     piv.session.authenticate(DEFAULT_MANAGEMENT_KEY)
     public = piv.session.generate_key(SLOT.AUTHENTICATION, KEY_TYPE.ED25519)
     assert metadata(piv, 0x9A)[0xC0] == bytes((KeyLocation.SOFTWARE,))
@@ -295,8 +294,7 @@ def test_software_keys_when_the_card_allows_them(store: CardStore, backend: Back
 
 def test_a_card_from_before_keeps_its_software_keys(store: CardStore, backend: BackendSpec) -> None:
     """An older TPM card (a bare sealed card key, PKCS#8 records) opens and signs as before."""
-    store.create("alice", backend, settings=CardSettings.legacy_card()).close()
-    piv = open_piv_card(store, backend)
+    piv = open_piv_card(store, backend, settings=CardSettings.legacy_card())
     old = ec.generate_private_key(ec.SECP256R1())
     # What an older vsc wrote for 9E: information without a location, a PKCS#8 key.
     info = KeyInfo(
