@@ -59,6 +59,7 @@ from typing import Final, Protocol
 __all__ = [
     "MAX_FRAME",
     "NEED_DATA",
+    "Backoff",
     "Command",
     "ConnectionClosed",
     "ControlCode",
@@ -307,6 +308,19 @@ def decode(payload: bytes) -> Event:
 
 
 # --- driving a card -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect delays of a card side that dials vpcd: ``initial`` seconds, doubling up
+    to ``cap`` (the emulator and the share endpoint)."""
+
+    initial: float = 0.1
+    cap: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.cap:
+            raise ValueError("need 0 < initial <= cap")
 
 
 class CardLike(Protocol):

@@ -16,10 +16,10 @@ import selectors
 import socket
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from ..card import Card
+from ..vpcd import Backoff
 from .lobby import Lobby
 from .slot import _Slot
 
@@ -32,18 +32,6 @@ DEFAULT_HOST: Final = "localhost"
 DEFAULT_PORT: Final = 35963
 DEFAULT_FRAME_TIMEOUT: Final = 5.0
 _JOIN_TIMEOUT: Final = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Reconnect delays: ``initial`` seconds, doubling up to ``cap``."""
-
-    initial: float = 0.1
-    cap: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.cap:
-            raise ValueError("need 0 < initial <= cap")
 
 
 class Emulator:

@@ -57,6 +57,7 @@ from typing import Final
 
 from ..vpcd import (
     NEED_DATA,
+    Backoff,
     Command,
     ConnectionClosed,
     GetAtr,
@@ -109,18 +110,6 @@ _VPCD_CONNECT_TIMEOUT: Final = 2.0
 _END_TIMEOUT: Final = 3.0
 _REQUEST_TIMEOUT: Final = 30.0  # an APDU may take long (on-card RSA key generation)
 _PING: Final = object()  # what is waiting when the request on the link is a keepalive
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Reconnect delays: ``initial`` seconds, doubling up to ``cap``."""
-
-    initial: float = 0.1
-    cap: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.cap:
-            raise ValueError("need 0 < initial <= cap")
 
 
 @dataclass(frozen=True, slots=True)
