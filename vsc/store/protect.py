@@ -177,8 +177,13 @@ class CounterBank(ABC):
     """
 
     @abstractmethod
-    def define(self, auth: bytes) -> tuple[CounterRef, int]:
-        """A new counter, already incremented once; it and its value. :class:`NoCounter`
+    def reserve(self) -> CounterRef:
+        """A handle no counter has now. Record it before :meth:`define`: whoever finds the
+        record of a creation that died frees the counter (:meth:`remove` with its auth)."""
+
+    @abstractmethod
+    def define(self, ref: CounterRef, auth: bytes) -> int:
+        """Define counter ``ref``, already incremented once: its value. :class:`NoCounter`
         when the hardware needs an authorisation that was not given."""
 
     @abstractmethod
@@ -190,8 +195,9 @@ class CounterBank(ABC):
         """Advance the counter by one (one write to the hardware's non-volatile memory)."""
 
     @abstractmethod
-    def remove(self, ref: CounterRef) -> None:
-        """Free the counter (the card it guarded is gone)."""
+    def remove(self, ref: CounterRef, auth: bytes | None = None) -> bool:
+        """Free the counter (the card it guarded is gone); whether it was there. With
+        ``auth``, only if that is the counter's auth (one an interrupted creation recorded)."""
 
 
 class Protector(ABC):

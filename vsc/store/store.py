@@ -15,7 +15,9 @@ and personalisation too — and renamed into place only when complete, so an
 interrupted creation never leaves a card under its name, and two creators
 of the same name cannot both win. What an interrupted creation or
 destruction leaves (a hidden directory nobody holds) is wiped by the next
-creation or destruction in the store, with a warning.
+creation or destruction in the store, with a warning; the TPM rollback
+counter its files name is freed first (the files are durable before the
+counter is defined), and while that cannot be done the directory is kept.
 
 So anything missing or unreadable in a card under its name is damage: a
 :class:`CorruptStore` naming the card and the path, never a card silently
@@ -50,6 +52,7 @@ from .crypto import DecryptionFailed, open_sealed, random_key, x25519_public
 from .db import AUDIT_ANCHOR, Database, parse_anchor, read_meta, write_anchor
 from .errors import (
     AuthFailed,
+    BackendError,
     BackendMismatch,
     CardExists,
     CardNotFound,
@@ -173,19 +176,18 @@ def creating_card(
     clock = clock or SystemClock()
     if os.path.lexists(path):
         raise CardExists(label, path)
-    _sweep(path.parent)
+    _sweep(path.parent, backend)
     staging = path.parent / f".{path.name}.creating-{secrets.token_hex(4)}"
     lock: CardLock | None = None
     card: StoredCard | None = None
     protector: Protector | None = None
-    counter: CounterRef | None = None
     try:
         try:
             staging.mkdir(mode=0o700)
             lock = CardLock(staging / CARD_LOCK, label)
             lock.acquire()  # held from the start: a sweeper leaves it alone
             protector = open_protector(backend)
-            counter = _initialise(staging, protector, clock, da, lockout_auth, settings, label)
+            _initialise(staging, protector, clock, da, lockout_auth, settings, label)
         except OSError as e:  # a full disk or a read-only store: a StorageFailure
             failure = os_storage_failure(f"cannot create card {label!r} at {path}", e)
             if failure is None:
@@ -200,16 +202,14 @@ def creating_card(
             os.rename(staging, path)
         except OSError:
             raise CardExists(label, path) from None
-        counter = None  # the card at ``path`` owns it now
         _fsync_dir(path.parent)
     except BaseException:
         if card is not None:
             card.close()
         if lock is not None:
             lock.release()
-        _wipe(staging)
-        if counter is not None and protector is not None:
-            _remove_counter(protector, counter, label)
+        if os.path.lexists(staging):
+            _discard(staging, label, backend, "creation")
         raise
     finally:
         if protector is not None:
@@ -224,30 +224,52 @@ def _initialise(
     lockout_auth: bytes,
     settings: CardSettings,
     label: str,
-) -> CounterRef | None:
-    """Write card ``label``'s files into ``directory``; its rollback counter, if it got one."""
+) -> None:
+    """Write card ``label``'s files into ``directory``, with its rollback counter if it gets one.
+
+    The files name the counter (in the sealed settings) and are durable *before* the TPM
+    defines it: a creation killed at any point leaves a record of the counter it may have
+    defined, which :func:`_discard` frees.
+    """
     card_key = random_key()
     salt = secrets.token_bytes(32)
     bank = None if settings.legacy else protector.counter_bank()
-    counter: CounterRef | None = None
-    if bank is not None:
-        try:
-            counter, value = bank.define(counter_auth(card_key))
-            settings = replace(settings, rollback_counter=counter.handle)
-        except NoCounter as e:
-            # A managed machine's TPM: its owner may make cards without the owner's secret
-            # (issue of the lifecycle); such a card has no rollback protection, and says so.
-            log.warning("card %r: created WITHOUT rollback protection: %s", label, e)
-            bank = None
+    ref = bank.reserve() if bank is not None else None
+    staged = settings if ref is None else replace(settings, rollback_counter=ref.handle)
+    _write_files(directory, protector, clock, da, lockout_auth, staged, card_key, salt, label)
+    if bank is None or ref is None:
+        return
     try:
-        _write_files(directory, protector, clock, da, lockout_auth, settings, card_key, salt, label)
-        if bank is not None and counter is not None:
-            _stamp(directory, bank, counter, card_key, value, label)
-    except BaseException:
-        if counter is not None:
-            _remove_counter(protector, counter, label)
-        raise
-    return counter
+        value = bank.define(ref, counter_auth(card_key))
+    except NoCounter as e:
+        # A managed machine's TPM: its owner may make cards without the owner's secret
+        # (issue of the lifecycle); such a card has no rollback protection, and says so.
+        log.warning("card %r: created WITHOUT rollback protection: %s", label, e)
+        _reseal(directory, protector, settings, card_key, label)
+        return
+    _stamp(directory, bank, ref, card_key, value, label)
+
+
+def _sealed_key(protector: Protector, settings: CardSettings, card_key: bytes) -> bytes:
+    payload = settings.seal_payload(card_key)
+    if settings.pcrs:
+        return protector.seal_to_pcrs(payload, settings.pcrs)
+    return protector.seal(payload)
+
+
+def _reseal(
+    directory: Path, protector: Protector, settings: CardSettings, card_key: bytes, label: str
+) -> None:
+    """Seal the card key of the files in ``directory`` again, with ``settings``."""
+    db = Database(directory / CARD_DB, label=label)
+    try:
+        with db.transaction():
+            db.write(
+                "UPDATE meta SET value = ? WHERE key = 'card_key'",
+                (_sealed_key(protector, settings, card_key),),
+            )
+    finally:
+        db.close()
 
 
 def _write_files(
@@ -266,11 +288,7 @@ def _write_files(
         "salt": salt,
         "created": repr(time.time()).encode(),
         "backend": json.dumps(protector.identity(), sort_keys=True).encode(),
-        "card_key": (
-            protector.seal_to_pcrs(settings.seal_payload(card_key), settings.pcrs)
-            if settings.pcrs
-            else protector.seal(settings.seal_payload(card_key))
-        ),
+        "card_key": _sealed_key(protector, settings, card_key),
     }
     db = Database(directory / CARD_DB, create=True, label=label)
     try:
@@ -299,6 +317,58 @@ def _remove_counter(protector: Protector, ref: CounterRef, label: str) -> None:
             bank.remove(ref)
     except StoreError as e:
         log.warning("card %r: could not free its TPM counter %#010x: %s", label, ref.handle, e)
+
+
+def _discard(directory: Path, label: str, backend: BackendSpec | None, what: str) -> bool:
+    """Free the TPM counter that an abandoned card directory names, then wipe it; whether it did.
+
+    While that counter may be defined and cannot be freed now (no TPM given, the TPM out of
+    reach or refusing the owner authorisation) the directory is kept, and said so: its files
+    are the only record of the counter, and the next creation or destruction given the TPM
+    frees it.
+    """
+    try:
+        _free_recorded_counter(directory, label, backend)
+    except StoreError as e:
+        log.warning(
+            "keeping %s, what an interrupted %s of card %r left: it names a TPM rollback"
+            " counter that may be defined and cannot be freed now (%s). The next vsc create or"
+            " destroy given that TPM (and its owner authorisation, if set) frees it; remove the"
+            " directory by hand to give the counter up",
+            directory, what, label, e,
+        )  # fmt: skip
+        return False
+    _wipe(directory)
+    return True
+
+
+def _free_recorded_counter(directory: Path, label: str, backend: BackendSpec | None) -> None:
+    """Free the rollback counter the card files in ``directory`` name, if it is theirs."""
+    if not (directory / CARD_DB).is_file():
+        return  # the files are written before a counter is defined: none was
+    try:
+        meta = read_meta(directory / CARD_DB, label)
+        identity = json.loads(meta["backend"])
+        sealed_key = meta["card_key"]
+    except (CorruptStore, KeyError, ValueError):
+        return  # never committed whole: the creation died writing it, before any counter
+    if not isinstance(identity, dict) or identity.get("kind") != "tpm":
+        return
+    if backend is None or backend.kind != "tpm":
+        raise BackendError("no TPM was given to this command")
+    protector = open_protector(backend, identity)
+    try:
+        card_key, settings = CardSettings.open_payload(protector.unseal(sealed_key), label)
+        bank = protector.counter_bank()
+        if settings.rollback_counter is None or bank is None:
+            return
+        ref = CounterRef(settings.rollback_counter)
+        # Proven by the counter's own auth: the handle may never have been defined by this
+        # creation, and be another card's counter now.
+        if bank.remove(ref, counter_auth(card_key)):
+            log.warning("card %r: freed the TPM counter %#010x it had defined", label, ref.handle)
+    finally:
+        protector.close()
 
 
 def open_card(
@@ -498,8 +568,9 @@ def _wipe(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _sweep(cards_dir: Path) -> None:
-    """Wipe what interrupted creations and destructions left in ``cards_dir``."""
+def _sweep(cards_dir: Path, backend: BackendSpec | None) -> None:
+    """Wipe what interrupted creations and destructions left in ``cards_dir``; free the TPM
+    counters they name with ``backend`` (kept, and said so, when it cannot)."""
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in cards_dir.iterdir():
             match = _WORK_RE.fullmatch(entry.name)
@@ -512,8 +583,8 @@ def _sweep(cards_dir: Path) -> None:
             if young or is_locked(entry / CARD_LOCK):
                 continue  # in progress (its creator may not hold its lock yet)
             what = "creation" if match.group(2) == "creating" else "destruction"
-            log.warning("wiping %s: an interrupted %s of card %r", entry, what, match.group(1))
-            _wipe(entry)
+            if _discard(entry, match.group(1), backend, what):
+                log.warning("wiped %s: an interrupted %s of card %r", entry, what, match.group(1))
 
 
 class CardStore:
@@ -644,19 +715,21 @@ class CardStore:
         self.check()
         if not path.is_dir() or path.is_symlink():
             raise CardNotFound(name, path)
-        _sweep(self.cards_dir)
+        _sweep(self.cards_dir, backend)
         trash = self.cards_dir / f".{name}.destroying-{secrets.token_hex(4)}"
         with CardLock(path / CARD_LOCK, name):
             counter = self._counter_of(path, name, backend)
             os.rename(path, trash)
             _fsync_dir(self.cards_dir)
-        _wipe(trash)
         if counter is not None:
+            # Before the wipe: until the counter is freed, the files are its record (a
+            # destruction killed here is finished by the next sweep given the TPM).
             protector, ref = counter
             try:
                 _remove_counter(protector, ref, name)
             finally:
                 protector.close()
+        _wipe(trash)
 
     @staticmethod
     def _counter_of(

@@ -583,22 +583,32 @@ class Tpm:
 
     # -- monotonic counters (NV counter indices) --------------------------------------------
 
-    def define_counter(self, auth: bytes, owner_auth: bytes) -> tuple[CounterRef, int]:
-        """A new NV counter at a free handle of the owner range, incremented once."""
-        for _ in range(16):
-            handle = _COUNTER_FIRST + secrets.randbelow(_COUNTER_RANGE)
-            try:
-                result = self._define_counter_at(handle, auth, owner_auth)
-            except AuthFailed:
-                raise NoCounter(
-                    "the TPM's owner authorisation is set and a new card's rollback counter (an"
-                    " NV index) needs it: vsc create with --owner-auth-file PATH,"
-                    " --owner-auth-prompt or VSC_OWNER_AUTH"
-                    + (" (the one given was refused)" if owner_auth else "")
-                ) from None
-            if result is not None:
-                return result
-        raise BackendError("no free NV handle found for a rollback counter")
+    def free_counter_handle(self) -> CounterRef:
+        """A handle of the owner range with no NV index now, for :meth:`define_counter`."""
+
+        def work(op: _Op) -> CounterRef:
+            for _ in range(16):
+                handle = _COUNTER_FIRST + secrets.randbelow(_COUNTER_RANGE)
+                if not _handle_exists(op.ctx, handle):
+                    return CounterRef(handle)
+            raise BackendError("no free NV handle found for a rollback counter")
+
+        return self.run(work)
+
+    def define_counter(self, ref: CounterRef, auth: bytes, owner_auth: bytes) -> int:
+        """Define the NV counter ``ref``, increment it once: its value."""
+        try:
+            result = self._define_counter_at(ref.handle, auth, owner_auth)
+        except AuthFailed:
+            raise NoCounter(
+                "the TPM's owner authorisation is set and a new card's rollback counter (an"
+                " NV index) needs it: vsc create with --owner-auth-file PATH,"
+                " --owner-auth-prompt or VSC_OWNER_AUTH"
+                + (" (the one given was refused)" if owner_auth else "")
+            ) from None
+        if result is None:
+            raise BackendError(f"the TPM's NV handle {ref.handle:#010x} was taken meanwhile")
+        return result[1]
 
     def _define_counter_at(
         self, handle: int, auth: bytes, owner_auth: bytes
@@ -661,13 +671,32 @@ class Tpm:
 
         self.run(work)
 
-    def undefine_counter(self, ref: CounterRef, owner_auth: bytes) -> None:
-        def work(op: _Op) -> None:
-            index = self._counter(op, ref, b"")
+    def undefine_counter(
+        self, ref: CounterRef, owner_auth: bytes, auth: bytes | None = None
+    ) -> bool:
+        """Free the counter ``ref``. With ``auth``, only if that is its authValue (the handle
+        an interrupted creation recorded may be free, or another card's): whether it was."""
+
+        def work(op: _Op) -> bool:
+            if auth is not None:
+                if not _handle_exists(op.ctx, ref.handle):
+                    return False
+                index = op.ctx.tr_from_tpmpublic(ref.handle)
+                op.ctx.tr_set_auth(index, auth)
+                try:
+                    _read_counter(op, index)
+                except TSS2_Exception as e:
+                    if e.error in (TPM2_RC.BAD_AUTH, TPM2_RC.AUTH_FAIL):
+                        return False  # not this card's: its authValue differs (noDA)
+                    if e.error != TPM2_RC.NV_UNINITIALIZED:  # defined, never incremented
+                        raise
+            else:
+                index = self._counter(op, ref, b"")
             op.ctx.tr_set_auth(ESYS_TR.OWNER, owner_auth)
             op.ctx.nv_undefine_space(index, session1=op.session)
+            return True
 
-        self.run(work)
+        return self.run(work)
 
     # -- information and dictionary-attack logic ------------------------------------------
 
@@ -998,8 +1027,11 @@ class TpmCounterBank(CounterBank):
         self.tpm = tpm
         self._owner_auth = owner_auth
 
-    def define(self, auth: bytes) -> tuple[CounterRef, int]:
-        return self.tpm.define_counter(auth, self._owner_auth)
+    def reserve(self) -> CounterRef:
+        return self.tpm.free_counter_handle()
+
+    def define(self, ref: CounterRef, auth: bytes) -> int:
+        return self.tpm.define_counter(ref, auth, self._owner_auth)
 
     def read(self, ref: CounterRef, auth: bytes) -> int:
         return self.tpm.read_counter(ref, auth)
@@ -1007,8 +1039,8 @@ class TpmCounterBank(CounterBank):
     def increment(self, ref: CounterRef, auth: bytes) -> None:
         self.tpm.increment_counter(ref, auth)
 
-    def remove(self, ref: CounterRef) -> None:
-        self.tpm.undefine_counter(ref, self._owner_auth)
+    def remove(self, ref: CounterRef, auth: bytes | None = None) -> bool:
+        return self.tpm.undefine_counter(ref, self._owner_auth, auth)
 
 
 class TpmKeyVault(KeyVault):
