@@ -588,7 +588,7 @@ class GidsApplet(Applet[Session]):
                 raise InvalidData("the administrator key is 3DES (24 bytes) or AES (16/32)")
             self.data.set_admin_key(file, value)
             log.info("administrator key %02X written", key_ref)
-            self.events("admin-key-set", {"reference": f"{key_ref:02X}"})
+            self.events("admin-key-change", {"reference": f"{key_ref:02X}"})
             return b""
         self._require_operational("key import")
         if inner.get(TAG_KEY_TYPE, b"\x02") != b"\x02":
@@ -643,8 +643,8 @@ class GidsApplet(Applet[Session]):
             raise InvalidPin(0, f"{ref.name} blocked")
         left = self.data.consume_try(ref)
         if not self.data.matches(ref, candidate):
-            if left == 0:
-                self.events("blocked", {"reference": ref.name})
+            if left == 0:  # the audit log's names, as a PIV card's: pin-blocked, puk-blocked
+                self.events(f"{ref.name.lower()}-blocked", {"outcome": "refused"})
             raise _wrong(left, ref.name)
         self.data.restore_tries(ref)
 
@@ -733,7 +733,8 @@ class GidsApplet(Applet[Session]):
         session.sync(self._epoch)
         session.log_out()
         log.info("PIN unblocked with the %s", "administrator key" if how == "admin" else "PUK")
-        self.events("unblock" if how == "admin" else "puk-unblock", {})
+        if how == "admin":  # with the PUK: told by the command and its status word (the store's)
+            self.events("unblock", {})
         return b""
 
     # -- MANAGE SECURITY ENVIRONMENT, PERFORM SECURITY OPERATION ----------------------

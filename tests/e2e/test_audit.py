@@ -11,7 +11,10 @@ the admin key through APDUs. Checked:
 * ``vsc audit --verify`` accepts the log as written, and finds a record
   edited, a record removed from the middle and records cut from the end (the
   card's database anchors its last record);
-* a refused ``vsc create`` is audited too.
+* a refused ``vsc create`` is audited too;
+* a GIDS card's PIN and PUK changes (OpenSC's PKCS#11 module, raw APDUs), a PIN
+  blocked by a wrong old PIN and its unblock with the PUK are recorded under
+  the same names and outcomes as a PIV card's.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from vsc.testing import PcscdEnv
 from ..lifecycle.conftest import NEW_PIN, PIN, Vsc
 from .conftest import StartEmulator
 from .test_lifecycle import RemoteTool, Serving, yubico
-from .test_piv_tools import program
+from .test_opensc_engine import send_apdus
+from .test_piv_tools import CLIENT_TIMEOUT, pkcs11_module, program
 
 pytestmark = pytest.mark.e2e
 
@@ -116,3 +120,75 @@ def test_audit_verify_finds_edits_removals_and_a_cut_end(vsc: Vsc) -> None:
 
     (vsc.store / "audit.log").write_text("".join(original))
     vsc.run("audit", "--verify")
+
+
+# -- GIDS -------------------------------------------------------------------------------------
+
+GIDS_PIN, GIDS_NEW_PIN = "24681357", "13572468"
+SELECT_GIDS = bytes.fromhex("00A4040009A0000003974254465900")
+
+
+def change_reference(p2: int, old: str, new: str) -> bytes:
+    """CHANGE REFERENCE DATA (P1 00: old value then new) of the PIN (80) or PUK (81)."""
+    data = (old + new).encode()
+    return bytes((0x00, 0x24, 0x00, p2, len(data))) + data
+
+
+def unblock_with_puk(puk: str, new_pin: str) -> bytes:
+    """RESET RETRY COUNTER of the PIN with the PUK and a new PIN (P1 00)."""
+    data = (puk + new_pin).encode()
+    return bytes((0x00, 0x2C, 0x00, 0x80, len(data))) + data
+
+
+def test_gids_pin_and_puk_changes_through_the_card_are_audited(
+    vsc: Vsc, pcscd: PcscdEnv, start_emulator: StartEmulator
+) -> None:
+    """A GIDS card's PIN changed with OpenSC's PKCS#11 module (its gids driver VERIFYs the
+    old PIN, then sends CHANGE REFERENCE DATA with old and new), its PUK (no OpenSC client
+    knows it), wrong old PINs (the last blocks it) and the unblock with the PUK with raw
+    APDUs: each event under the name and outcome a PIV card's has, no secret in the log."""
+    for name in ("pkcs11-tool", "opensc-tool"):
+        program(name)
+    created = vsc.run(
+        "create", "g", "--applet", "gids", "--pin", GIDS_PIN, "--puk", PUK, "--json"
+    ).json()
+    serving = Serving(vsc, pcscd, start_emulator, "g")
+    serving.start()
+    pkcs11 = ["pkcs11-tool", "--module", pkcs11_module(), "--change-pin"]
+    changed = pcscd.run(
+        [*pkcs11, "--pin", GIDS_PIN, "--new-pin", GIDS_NEW_PIN], timeout=CLIENT_TIMEOUT
+    )
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    # A wrong old PIN fails the driver's VERIFY: no change is even asked for.
+    wrong = pcscd.run([*pkcs11, "--pin", WRONG, "--new-pin", GIDS_PIN], timeout=CLIENT_TIMEOUT)
+    assert wrong.returncode != 0
+    exchanges = send_apdus(
+        pcscd,
+        SELECT_GIDS,
+        change_reference(0x80, WRONG, GIDS_PIN),
+        change_reference(0x81, PUK, NEW_PUK),
+        change_reference(0x81, WRONG, PUK),
+        change_reference(0x80, WRONG, GIDS_PIN),  # the last try: the PIN is blocked
+        unblock_with_puk(WRONG, GIDS_PIN),
+        unblock_with_puk(NEW_PUK, GIDS_PIN),
+    )
+    assert [e.sw for e in exchanges] == [0x9000, 0x63C1, 0x9000, 0x63C2, 0x63C0, 0x63C1, 0x9000]
+    serving.stop()
+
+    records = [e for e in vsc.audit.events("g") if e["via"] == "emulator"]
+    assert [(e["event"], e["outcome"], e.get("tries_left")) for e in records] == [
+        ("pin-change", "success", None),
+        ("pin-change", "refused", 1),
+        ("puk-change", "success", None),
+        ("puk-change", "refused", 2),
+        ("pin-blocked", "refused", None),  # the same names as a PIV card's
+        ("pin-change", "refused", 0),
+        ("puk-unblock", "refused", 1),
+        ("puk-unblock", "success", None),
+    ]
+    for record in records:
+        assert {"time", "user", "uid", "pid"} <= record.keys() and record["card"] == "g"
+    text = vsc.audit_text() + serving.log_text()
+    for secret in (GIDS_PIN, GIDS_NEW_PIN, PUK, NEW_PUK, WRONG, created["admin_key"]):
+        assert secret.lower() not in text.lower()
+    assert vsc.run("audit", "--verify", "--json").json()["ok"]

@@ -353,11 +353,15 @@ class StoredGidsApplet(GidsApplet):
 
 
 #: The security events of GIDS commands the applet does not report itself
-#: (vsc.store.events): CHANGE REFERENCE DATA with the old value (P1 00) or without (01).
+#: (vsc.store.events): CHANGE REFERENCE DATA with the old value (P1 00) or without (01),
+#: RESET RETRY COUNTER with the PUK, with a new PIN (P1 00) or without (01).
 _COMMAND_EVENTS = {
-    (0x24, p1, p2): event
-    for p1 in (0x00, 0x01)
-    for p2, event in ((0x80, "pin-change"), (0x81, "puk-change"))
+    **{
+        (0x24, p1, p2): event
+        for p1 in (0x00, 0x01)
+        for p2, event in ((0x80, "pin-change"), (0x81, "puk-change"))
+    },
+    **{(0x2C, p1, 0x80): "puk-unblock" for p1 in (0x00, 0x01)},
 }
 
 
