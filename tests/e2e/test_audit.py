@@ -14,20 +14,25 @@ the admin key through APDUs. Checked:
 * a refused ``vsc create`` is audited too;
 * a GIDS card's PIN and PUK changes (OpenSC's PKCS#11 module, raw APDUs), a PIN
   blocked by a wrong old PIN and its unblock with the PUK are recorded under
-  the same names and outcomes as a PIV card's.
+  the same names and outcomes as a PIV card's;
+* a TPM card (PIV and GIDS) whose swtpm is in dictionary-attack lockout answers
+  the right PIN ``6985``, gives the try back and records ``tpm-lockout``.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from vsc.testing import PcscdEnv
+from vsc.testing.swtpm import Swtpm, swtpm_skip_reason
 
 from ..lifecycle.conftest import NEW_PIN, PIN, Vsc
-from .conftest import StartEmulator
+from .conftest import StartEmulator, unavailable
 from .test_lifecycle import RemoteTool, Serving, yubico
 from .test_opensc_engine import send_apdus
 from .test_piv_tools import CLIENT_TIMEOUT, pkcs11_module, program
@@ -192,3 +197,74 @@ def test_gids_pin_and_puk_changes_through_the_card_are_audited(
     for secret in (GIDS_PIN, GIDS_NEW_PIN, PUK, NEW_PUK, WRONG, created["admin_key"]):
         assert secret.lower() not in text.lower()
     assert vsc.run("audit", "--verify", "--json").json()["ok"]
+
+
+# -- the TPM's dictionary-attack lockout -----------------------------------------------------
+
+SELECT_PIV = bytes.fromhex("00A4040005A000000308")
+
+
+def verify_pin(pin: str = "", *, pad: bool = True) -> bytes:
+    """VERIFY of the PIN (80), PIV's padded with FF to 8 bytes; without a PIN: its status."""
+    if not pin:
+        return bytes.fromhex("00200080")
+    data = pin.encode().ljust(8, b"\xff") if pad else pin.encode()
+    return bytes((0x00, 0x20, 0x00, 0x80, len(data))) + data
+
+
+@pytest.fixture
+def tpm_two_tries() -> Iterator[Swtpm]:
+    """A swtpm that locks out after 2 wrong authorisations (set with tpm2-tools), for an
+    hour. Requested before ``start_emulator``: the emulator stops before the TPM does."""
+    reason = swtpm_skip_reason()
+    if reason is not None:
+        unavailable(reason)
+    with Swtpm() as tpm:
+        subprocess.run(
+            [program("tpm2_dictionarylockout"), "--setup-parameters", "--max-tries=2",
+             "--recovery-time=3600", "--lockout-recovery-time=3600", "--tcti", tpm.tcti],
+            check=True, capture_output=True, timeout=CLIENT_TIMEOUT,
+        )  # fmt: skip
+        yield tpm
+
+
+@pytest.mark.parametrize("applet", ["piv", "gids"])
+def test_a_tpm_lockout_through_the_card_is_audited(
+    tmp_path: Path,
+    tpm_two_tries: Swtpm,
+    pcscd: PcscdEnv,
+    start_emulator: StartEmulator,
+    applet: str,
+) -> None:
+    """Two wrong PINs through pcscd put the TPM into dictionary-attack lockout; the right
+    PIN is then not even checked: 6985, the card's try given back, and a ``tpm-lockout``
+    record of the card (``via``: the emulator)."""
+    program("opensc-tool")
+    vsc = Vsc(tmp_path / "store", ["--tpm", tpm_two_tries.tcti])
+    vsc.run("create", "alice", "--applet", applet, "--pin", PIN)
+    serving = Serving(vsc, pcscd, start_emulator, "alice")
+    serving.start()
+    pad = applet == "piv"
+    exchanges = send_apdus(
+        pcscd,
+        SELECT_PIV if applet == "piv" else SELECT_GIDS,
+        verify_pin(WRONG, pad=pad),
+        verify_pin(WRONG, pad=pad),
+        verify_pin(PIN, pad=pad),
+        verify_pin(),
+    )
+    assert [e.sw for e in exchanges] == [0x9000, 0x63C2, 0x63C1, 0x6985, 0x63C1]
+    serving.stop()
+    from vsc.store.tpm import Tpm
+
+    da = Tpm(tpm_two_tries.tcti).da_status()
+    assert da.locked_out, da
+
+    records = [e for e in vsc.audit.events("alice") if e["via"] == "emulator"]
+    assert [(e["event"], e["outcome"], e.get("what")) for e in records] == [
+        ("tpm-lockout", "refused", "pin")
+    ]
+    assert "dictionary-attack lockout" in records[0]["message"]
+    text = vsc.audit_text() + serving.log_text()
+    for secret in (PIN, WRONG):
+        assert secret not in text
