@@ -669,17 +669,9 @@ class CardStore:
         settings: CardSettings | None = None,
     ) -> StoredCard:
         """A bare card (no application yet), open; see :meth:`creating` for a complete one."""
-        path = self.path_of(name)
-        self.make()
-        return create_card(
-            path,
-            backend,
-            name=name,
-            clock=self.clock,
-            da=da,
-            lockout_auth=lockout_auth,
-            settings=settings,
-        )
+        with self.creating(name, backend, da=da, lockout_auth=lockout_auth, settings=settings):
+            pass
+        return self.open(name, backend)
 
     def open(
         self, name: str, backend: BackendSpec, *, recover: Recovery | None = None
