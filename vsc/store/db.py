@@ -165,6 +165,7 @@ class Database:
         self._scrub_pending = False
         #: Told about each outermost commit (rollback protection, :mod:`vsc.store.rollback`).
         self.commit_hook: CommitHook | None = None
+        self._undo: list[Callable[[], None]] = []
         try:
             self._configure()
         except BaseException:
@@ -251,6 +252,21 @@ class Database:
         """How many ``transaction()`` blocks are open (1: only the outermost)."""
         return self._depth
 
+    def undo_on_rollback(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` if the open transaction rolls back (in-memory state that followed
+        one of its changes, e.g. a PIN-derived value)."""
+        if not self._depth:
+            raise RuntimeError("undo_on_rollback needs an open transaction")
+        self._undo.append(undo)
+
+    def _rolled_back(self, hook: CommitHook | None) -> None:
+        self._rollback()
+        undo, self._undo = self._undo, []
+        for step in reversed(undo):
+            step()
+        if hook is not None:
+            hook.rolled_back()
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """A write transaction; nested calls join the outermost, which commits or rolls back."""
@@ -272,9 +288,7 @@ class Database:
         except BaseException:
             self._depth = 0
             self._scrub_pending = False
-            self._rollback()
-            if hook is not None:
-                hook.rolled_back()
+            self._rolled_back(hook)
             raise
         self._depth = 0
         try:
@@ -282,10 +296,9 @@ class Database:
                 self._conn.execute("COMMIT")  # returns once the WAL is fsynced
         except BaseException:
             self._scrub_pending = False
-            self._rollback()
-            if hook is not None:
-                hook.rolled_back()
+            self._rolled_back(hook)
             raise
+        self._undo.clear()
         if self._scrub_pending:
             self._scrub_after_commit()
         if hook is not None:

@@ -138,12 +138,37 @@ class KeyVault(ABC):
         """Whether keys of ``algorithm`` can live here."""
 
     @abstractmethod
-    def generate(self, algorithm: str, auth: bytes, *, da: bool) -> bytes:
-        """A new key generated inside; its blob."""
+    def generate(
+        self, algorithm: str, auth: bytes, *, da: bool, admin_policy: bytes | None = None
+    ) -> bytes:
+        """A new key generated inside; its blob. With ``admin_policy`` (from
+        :meth:`admin_policy`) its authValue can later be changed by :meth:`change_auth`."""
 
     @abstractmethod
-    def import_key(self, private_der: bytes, auth: bytes, *, da: bool) -> bytes:
+    def import_key(
+        self, private_der: bytes, auth: bytes, *, da: bool, admin_policy: bytes | None = None
+    ) -> bytes:
         """Wrap a key made elsewhere (PKCS#8 DER); its blob. ``ValueError`` if it cannot."""
+
+    @abstractmethod
+    def create_admin_entity(self, auth: bytes) -> bytes:
+        """A key-admin entity: an object whose authValue ``auth`` (high-entropy, not
+        DA-protected) authorises changing keys' authValues; its blob."""
+
+    @abstractmethod
+    def admin_policy(self, entity_blob: bytes) -> bytes:
+        """The admin policy of keys whose authValue the entity may change."""
+
+    @abstractmethod
+    def change_auth(
+        self, blob: bytes, new_auth: bytes, entity_blob: bytes, entity_auth: bytes
+    ) -> bytes:
+        """The key's new blob, usable with ``new_auth`` (the entity's policy, proved with
+        ``entity_auth``). The old blob keeps working with the old value: destroy it."""
+
+    @abstractmethod
+    def authorisation(self, blob: bytes) -> tuple[bool, bytes | None]:
+        """(DA-protected, admin policy or None) of a key, read from its blob."""
 
     @abstractmethod
     def public_key(self, blob: bytes) -> bytes:

@@ -46,6 +46,7 @@ tpm2-abrmd) when several programs share a TPM.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -75,6 +76,7 @@ try:
         ESYS_TR,
         TPM2_ALG,
         TPM2_CAP,
+        TPM2_CC,
         TPM2_HT,
         TPM2_NT,
         TPM2_PT,
@@ -170,6 +172,10 @@ KEY_ALGORITHMS = {
     "eccp384": "ecc384:null:null",
 }
 _KEY_BLOB_VERSION = 2
+#: TPM 2.0 command codes of the key-admin policy (Part 2, TPM_CC).
+_CC_OBJECT_CHANGE_AUTH = 0x00000150
+_CC_POLICY_SECRET = 0x00000151
+_CC_POLICY_COMMAND_CODE = 0x0000016C
 _ECDSA_HASHES = {32: TPM2_ALG.SHA256, 48: TPM2_ALG.SHA384}
 #: Input the TPM refuses as such (not a TPM failure): an RSA block >= n, a point off the curve.
 _BAD_INPUT = (TPM2_RC.VALUE, TPM2_RC.ECC_POINT, TPM2_RC.NO_RESULT, TPM2_RC.SIZE, TPM2_RC.KEY)
@@ -474,15 +480,19 @@ class Tpm:
         self._supported[algorithm] = result = self.run(work)
         return result
 
-    def create_key(self, algorithm: str, auth: bytes, *, da: bool) -> bytes:
+    def create_key(
+        self, algorithm: str, auth: bytes, *, da: bool, admin_policy: bytes | None = None
+    ) -> bytes:
         """A new key generated in the TPM under the SRK; its blob (only this TPM loads it).
 
         ``da``: the TPM's dictionary-attack logic guards ``auth`` (a PIN-bound key);
         otherwise the key is ``noDA`` (a key anyone with the card may use).
+        ``admin_policy``: the key's ADMIN role (ObjectChangeAuth) needs that policy
+        (``adminWithPolicy``, see :func:`change_auth_policy`); its USER role stays
+        the authValue.
         """
         template = TPM2B_PUBLIC.parse(KEY_ALGORITHMS[algorithm], objectAttributes=_KEY_ATTRIBUTES)
-        if not da:
-            template.publicArea.objectAttributes |= TPMA_OBJECT.NODA
+        _set_key_authorisation(template, da, admin_policy)
         sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(auth)))
 
         def work(op: _Op) -> bytes:
@@ -491,19 +501,26 @@ class Tpm:
 
         return self.run(work)
 
-    def import_key(self, private_der: bytes, auth: bytes, *, da: bool) -> bytes:
+    def import_key(
+        self, private_der: bytes, auth: bytes, *, da: bool, admin_policy: bytes | None = None
+    ) -> bytes:
         """Wrap a key made elsewhere (PKCS#8 DER) into the TPM (TPM2_Import); its blob.
 
         The key is encrypted to the SRK's public key here (the duplication
         format's outer wrapper, a fresh seed per key) and decrypted only inside
         the TPM, which returns it wrapped under its own storage key.
+        ``da`` and ``admin_policy`` as for :meth:`create_key`. TPM2_Duplicate
+        needs a policy session whose command is Duplicate: the admin policy
+        names ObjectChangeAuth, so it does not open duplication either.
         """
-        attributes = _IMPORTED_ATTRIBUTES if da else _IMPORTED_ATTRIBUTES | TPMA_OBJECT.NODA
         try:
-            public = TPM2B_PUBLIC(TPMT_PUBLIC.from_pem(private_der, objectAttributes=attributes))
+            public = TPM2B_PUBLIC(
+                TPMT_PUBLIC.from_pem(private_der, objectAttributes=_IMPORTED_ATTRIBUTES)
+            )
             sensitive = TPM2B_SENSITIVE.from_pem(private_der)
         except (ValueError, TypeError) as e:
             raise ValueError(f"the TPM cannot hold this key: {e}") from None
+        _set_key_authorisation(public, da, admin_policy)
         sensitive.sensitiveArea.authValue = TPM2B_AUTH(auth)
         no_inner = TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL)
 
@@ -514,6 +531,54 @@ class Tpm:
                 op.srk, key, public, duplicate, seed, no_inner, session1=op.session
             )
             return _key_blob(private, public)
+
+        return self.run(work)
+
+    def create_admin_entity(self, auth: bytes) -> bytes:
+        """A small sealed object whose authValue is ``auth`` (``noDA``: a random value, never
+        guessed); its blob. Keys made with :func:`change_auth_policy` of its name let
+        whoever proves ``auth`` change their authValue (ObjectChangeAuth), nothing else."""
+        sensitive = TPM2B_SENSITIVE_CREATE(
+            TPMS_SENSITIVE_CREATE(
+                userAuth=TPM2B_AUTH(auth), data=TPM2B_SENSITIVE_DATA(secrets.token_bytes(16))
+            )
+        )
+        template = _sealed_template(da_protected=False)
+
+        def work(op: _Op) -> bytes:
+            private, public, *_ = op.ctx.create(op.srk, sensitive, template, session1=op.session)
+            return bytes([_BLOB_VERSION]) + bytes(private.marshal()) + bytes(public.marshal())
+
+        return self.run(work)
+
+    def change_key_auth(
+        self, blob: bytes, new_auth: bytes, entity_blob: bytes, entity_auth: bytes
+    ) -> bytes:
+        """The key of ``blob`` with authValue ``new_auth`` (TPM2_ObjectChangeAuth in a policy
+        session: PolicyCommandCode, then PolicySecret on the entity with ``entity_auth``);
+        its new blob. The old blob still loads with the old value: destroy it."""
+        private, public = _parse_blob(blob, _KEY_BLOB_VERSION)
+        entity_private, entity_public = _parse_blob(entity_blob)
+
+        def work(op: _Op) -> bytes:
+            entity = op.track(_load(op, entity_private, entity_public))
+            op.ctx.tr_set_auth(entity, entity_auth)
+            key = op.track(_load(op, private, public))
+            policy = op.track(
+                op.ctx.start_auth_session(
+                    ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF.parse("null"),
+                    TPM2_ALG.SHA256,
+                )
+            )  # fmt: skip
+            op.ctx.trsess_set_attributes(policy, TPMA_SESSION.CONTINUESESSION)
+            op.ctx.policy_command_code(policy, TPM2_CC.ObjectChangeAuth)
+            op.ctx.policy_secret(entity, policy, session1=op.session)
+            # The new authValue goes to the TPM encrypted by the salted HMAC session (as
+            # an extra, decrypt-only session); the entity's value never leaves this process.
+            new_private = op.ctx.object_change_auth(
+                key, op.srk, TPM2B_AUTH(new_auth), session1=policy, session2=op.session
+            )
+            return _key_blob(new_private, public)
 
         return self.run(work)
 
@@ -888,6 +953,40 @@ def _key_blob(private: Any, public: Any) -> bytes:
     return bytes([_KEY_BLOB_VERSION]) + bytes(private.marshal()) + bytes(public.marshal())
 
 
+def _set_key_authorisation(template: Any, da: bool, admin_policy: bytes | None) -> None:
+    area = template.publicArea
+    if not da:
+        area.objectAttributes |= TPMA_OBJECT.NODA
+    if admin_policy is not None:
+        area.objectAttributes |= TPMA_OBJECT.ADMINWITHPOLICY
+        area.authPolicy = TPM2B_DIGEST(admin_policy)
+
+
+def object_name(blob: bytes) -> bytes:
+    """The TPM name (nameAlg ‖ digest of the public area) of a sealed object's blob."""
+    _, public = _parse_blob(blob)
+    return bytes(public.get_name())
+
+
+def change_auth_policy(entity_name: bytes) -> bytes:
+    """The policy digest PolicyCommandCode(ObjectChangeAuth) ; PolicySecret(entity, no
+    policyRef), computed as the TPM's PolicyUpdate does (TPM 2.0 Part 3, 23.2.3)."""
+    digest = bytes(32)
+    cc = _CC_POLICY_COMMAND_CODE.to_bytes(4, "big") + _CC_OBJECT_CHANGE_AUTH.to_bytes(4, "big")
+    digest = hashlib.sha256(digest + cc).digest()
+    digest = hashlib.sha256(digest + _CC_POLICY_SECRET.to_bytes(4, "big") + entity_name).digest()
+    return hashlib.sha256(digest).digest()  # the empty policyRef
+
+
+def key_authorisation(blob: bytes) -> tuple[bool, bytes | None]:
+    """(DA-protected, the admin policy or None) of a key blob, read from its public area."""
+    _, public = _parse_blob(blob, _KEY_BLOB_VERSION)
+    area = public.publicArea
+    da = not area.objectAttributes & TPMA_OBJECT.NODA
+    with_policy = bool(area.objectAttributes & TPMA_OBJECT.ADMINWITHPOLICY)
+    return da, bytes(area.authPolicy) if with_policy else None
+
+
 def key_public_der(blob: bytes) -> bytes:
     """The public key (SubjectPublicKeyInfo DER) of a key blob, read from its public area."""
     _, public = _parse_blob(blob, _KEY_BLOB_VERSION)
@@ -1052,11 +1151,29 @@ class TpmKeyVault(KeyVault):
     def supports(self, algorithm: str) -> bool:
         return self.tpm.supports(algorithm)
 
-    def generate(self, algorithm: str, auth: bytes, *, da: bool) -> bytes:
-        return self.tpm.create_key(algorithm, auth, da=da)
+    def generate(
+        self, algorithm: str, auth: bytes, *, da: bool, admin_policy: bytes | None = None
+    ) -> bytes:
+        return self.tpm.create_key(algorithm, auth, da=da, admin_policy=admin_policy)
 
-    def import_key(self, private_der: bytes, auth: bytes, *, da: bool) -> bytes:
-        return self.tpm.import_key(private_der, auth, da=da)
+    def import_key(
+        self, private_der: bytes, auth: bytes, *, da: bool, admin_policy: bytes | None = None
+    ) -> bytes:
+        return self.tpm.import_key(private_der, auth, da=da, admin_policy=admin_policy)
+
+    def create_admin_entity(self, auth: bytes) -> bytes:
+        return self.tpm.create_admin_entity(auth)
+
+    def admin_policy(self, entity_blob: bytes) -> bytes:
+        return change_auth_policy(object_name(entity_blob))
+
+    def change_auth(
+        self, blob: bytes, new_auth: bytes, entity_blob: bytes, entity_auth: bytes
+    ) -> bytes:
+        return self.tpm.change_key_auth(blob, new_auth, entity_blob, entity_auth)
+
+    def authorisation(self, blob: bytes) -> tuple[bool, bytes | None]:
+        return key_authorisation(blob)
 
     def public_key(self, blob: bytes) -> bytes:
         return key_public_der(blob)
