@@ -271,7 +271,7 @@ def test_keys_live_in_the_tpm_on_the_tpm_backend(store: CardStore, swtpm: Swtpm)
     assert info is not None and info.location == KeyLocation.TPM
     record = card.stored.get("gids/key/81/key")
     assert record is not None and is_tpm_record(record)
-    _, public = _parse_blob(decode_record(0x81, record)[1], _KEY_BLOB_VERSION)
+    _, public = _parse_blob(decode_record(0x81, record).blob, _KEY_BLOB_VERSION)
     attributes = str(public.publicArea.objectAttributes)
     assert all(a in attributes for a in ("fixedtpm", "fixedparent", "sensitivedataorigin"))
     card.close()

@@ -110,8 +110,7 @@ def key_record(piv: Piv, slot: int) -> bytes:
 
 
 def tpm_attributes(record: bytes, slot: int) -> str:
-    _, blob = decode_record(slot, record)
-    _, public = _parse_blob(blob, 2)
+    _, public = _parse_blob(decode_record(slot, record).blob, 2)
     return str(public.publicArea.objectAttributes)
 
 
@@ -197,10 +196,12 @@ def test_imported_keys_are_wrapped_into_the_tpm(piv: Piv, key_type: KEY_TYPE) ->
 
     record = key_record(piv, 0x9D)
     assert is_tpm_record(record)
-    # TPM2_Import takes no fixedTPM; the empty authPolicy keeps TPM2_Duplicate out.
-    _, blob = decode_record(0x9D, record)
-    _, public = _parse_blob(blob, 2)
-    assert bytes(public.publicArea.authPolicy) == b""
+    # TPM2_Import takes no fixedTPM; the authPolicy (ObjectChangeAuth only, see
+    # tests/store/test_tpm_pin_auth.py) keeps TPM2_Duplicate out.
+    _, public = _parse_blob(decode_record(0x9D, record).blob, 2)
+    area = public.publicArea
+    assert "adminwithpolicy" in str(area.objectAttributes)
+    assert len(bytes(area.authPolicy)) == 32
     assert_no_private_material(piv, secrets_of(key))
 
 
@@ -230,7 +231,9 @@ def test_attestation_key_and_statements(piv: Piv) -> None:
 def test_blobs_are_useless_on_another_tpm(piv: Piv) -> None:
     piv.session.generate_key(SLOT.AUTHENTICATION, KEY_TYPE.ECCP256)
     piv.session.verify_pin(PIN)
-    auth, blob = decode_record(0x9A, key_record(piv, 0x9A))
+    blob = decode_record(0x9A, key_record(piv, 0x9A)).blob
+    auth = piv.stored.key_auth(BINDING)
+    assert auth is not None
     with Swtpm() as other:
         vault = TpmKeyVault(Tpm(other.tcti))
         with pytest.raises(BackendMismatch, match="not sealed by this TPM"):

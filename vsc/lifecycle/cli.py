@@ -848,7 +848,7 @@ def _print_report(r: CardReport) -> None:
     for slot in r.slots:
         key = (
             f"{slot.algorithm}, PIN {slot.pin_policy}, touch {slot.touch_policy}, {slot.origin},"
-            f" in {slot.key_location or 'software'}"
+            f" in {slot.key_authorisation or slot.key_location or 'software'}"
             if slot.algorithm
             else "no key"
         )

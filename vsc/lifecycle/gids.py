@@ -406,8 +406,7 @@ def _containers(data: StoredGidsData, applet: StoredGidsApplet) -> Iterator[str]
         info = applet.keys.get(0x81 + number)
         key = "no key"
         if info is not None:
-            where = info.location.name.lower() if info.location else "software"
-            key = f"{info.key_type.name} in {where}"
+            key = f"{info.key_type.name} in {applet.stored_keys.authorisation(0x81 + number)}"
         line = f"{number:02X} {container.name!r}: {key}"
         yield line + (", certificate" if number in certified else "")
 

@@ -88,6 +88,8 @@ class SlotReport:
     certificate: CertificateReport | None
     #: Where the private key lives: "tpm" or "software" (None: no key).
     key_location: str | None = None
+    #: Where it lives and what authorises it: "tpm (PIN)", "tpm (no PIN)", "software", ...
+    key_authorisation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,7 @@ def slot_report(applet: StoredPivApplet, data: StoredPivData, slot: int) -> Slot
             data.get_object(certificate_object(slot)), spki(info.public_key) if info else None
         ),
         key_location=info.location.name.lower() if info and info.location else None,
+        key_authorisation=applet.stored_keys.authorisation(slot) if info else None,
     )
 
 

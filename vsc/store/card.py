@@ -23,6 +23,15 @@ or :meth:`close`; :meth:`rebind` (a PIN change, a PUK reset) seals it under
 a new secret and destroys the old blob (``secure_delete`` plus a WAL
 checkpoint: old blobs would still open with the old PIN).
 
+*Keys in the TPM* of a binding's PIN-protected slots have an authValue
+derived from the ``pin`` role's secret (:meth:`StoredCard.key_auth`, kept
+while the binding is open by the PIN, like its private key). A key store
+that follows the binding (:meth:`StoredCard.follow_pin`) is told when the
+PIN was verified (to convert keys made while it was unknown) and, inside the
+transaction of :meth:`rebind`, when the PIN is replaced (to re-authorise its
+keys: a failure rolls the new seal back with them). See
+:mod:`vsc.store.tpmkeys`.
+
 *Counters* are PIN/PUK/management-key retry counters with the anti-tearing
 discipline: :meth:`begin_attempt` commits the decrement before the caller
 compares anything; only :meth:`succeed` restores the counter. Both refuse to
@@ -44,7 +53,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from .antihammer import AntiHammer
 from .clock import Clock
@@ -105,6 +114,27 @@ def binding_auth(
     """The authorisation value ``role``'s seal of ``binding`` is sealed under."""
     label = f"{binding}\0{role}".encode()
     return protector.derive_auth(salt + card_id, label, bytes(secret))
+
+
+#: The role whose secret is the PIN: TPM keys of the binding are authorised by it.
+PIN_ROLE = "pin"
+
+
+def key_admin_records(binding: str) -> tuple[str, str]:
+    """The records of ``binding``'s key-admin entity: its TPM blob (card-encrypted) and its
+    authValue (bound to the binding), see :mod:`vsc.store.tpmkeys`."""
+    return f"tpm/key-admin/{binding}", f"tpm/key-admin/{binding}/auth"
+
+
+class PinFollower(Protocol):
+    """Keeps the TPM keys of a binding authorised by its PIN (:meth:`StoredCard.follow_pin`)."""
+
+    def pin_verified(self) -> None:
+        """The PIN opened the binding (:meth:`StoredCard.key_auth` is known)."""
+
+    def pin_replaced(self, key_auth: bytes) -> None:
+        """The PIN is being replaced, in an open transaction: re-authorise every key to
+        ``key_auth`` (an exception rolls the whole change back)."""
 
 
 def recovery_record(binding: str) -> str:
@@ -191,6 +221,9 @@ class StoredCard:
         self._salt = salt
         self._card_key = card_key
         self._unlocked: dict[str, bytes] = {}
+        # The PIN-derived authValue of TPM keys, by binding: only while the PIN opened it.
+        self._key_auths: dict[str, bytes] = {}
+        self._followers: dict[str, PinFollower] = {}
         self._closed = False
         #: Where this card's security events go (its applet's and the store's own, such
         #: as a TPM lockout seen): set by the adapter that opened it (an audit log).
@@ -261,6 +294,7 @@ class StoredCard:
         if _OPEN_CARDS.get(self._key) is self:
             del _OPEN_CARDS[self._key]
         self._unlocked.clear()
+        self._key_auths.clear()
         self._card_key = b""
         try:
             self._db.close()
@@ -540,6 +574,27 @@ class StoredCard:
     def _auth(self, binding: str, role: str, secret: bytes) -> bytes:
         return binding_auth(self._protector, self._salt, self.card_id, binding, role, secret)
 
+    # -- keys authorised by the PIN ---------------------------------------------------
+
+    def key_auth(self, binding: str) -> bytes | None:
+        """The authValue of ``binding``'s PIN-protected TPM keys, while the PIN opened it."""
+        return self._key_auths.get(binding)
+
+    def follow_pin(self, binding: str, follower: PinFollower) -> None:
+        """Tell ``follower`` when the PIN of ``binding`` is verified or replaced (one per
+        binding: the key store of the card's applet)."""
+        self._followers[binding] = follower
+
+    def undo_on_rollback(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` should the open transaction roll back."""
+        self._open().undo_on_rollback(undo)
+
+    def _pin_key_auth(self, binding: str, role: str, secret: bytes) -> bytes | None:
+        if role != PIN_ROLE or self._protector.key_vault() is None:
+            return None  # (the software backend's derivation is slow on purpose)
+        label = f"{binding}\0key\0{role}".encode()  # no role name holds a NUL
+        return self._protector.derive_auth(self._salt + self.card_id, label, bytes(secret))
+
     def bindings(self) -> dict[str, tuple[str, ...]]:
         """Each binding with its roles."""
         result: dict[str, list[str]] = {
@@ -579,6 +634,10 @@ class StoredCard:
                 payload = self.settings.seal_payload(self._card_key)
                 self.put(recovery_record(binding), payload, protection=bound(binding))
         self._unlocked[binding] = private
+        pin = secrets.get(PIN_ROLE)
+        key_auth = None if pin is None else self._pin_key_auth(binding, PIN_ROLE, pin)
+        if key_auth is not None:
+            self._key_auths[binding] = key_auth
 
     def unlock(self, binding: str, role: str, secret: bytes, *, counter: str | None = None) -> None:
         """Unseal ``binding`` with ``role``'s secret; the backend checks it.
@@ -625,8 +684,14 @@ class StoredCard:
         if x25519_public(private) != self._binding_public(binding):
             raise CorruptStore(f"binding {binding!r} of card {self.name!r} is inconsistent")
         self._unlocked[binding] = private
+        key_auth = self._pin_key_auth(binding, role, secret)
+        if key_auth is not None:
+            self._key_auths[binding] = key_auth
         if counter is not None:
             self.succeed(counter)
+        follower = self._followers.get(binding)
+        if key_auth is not None and follower is not None:
+            follower.pin_verified()
 
     def is_unlocked(self, binding: str) -> bool:
         return binding in self._unlocked
@@ -635,14 +700,17 @@ class StoredCard:
         """Forget the unsealed key of ``binding`` (of every binding by default)."""
         if binding is None:
             self._unlocked.clear()
+            self._key_auths.clear()
         else:
             self._unlocked.pop(binding, None)
+            self._key_auths.pop(binding, None)
 
     def rebind(self, binding: str, role: str, secret: bytes) -> None:
         """Seal the unlocked ``binding`` under a new secret for ``role`` (new or existing).
 
         The old blob of that role is overwritten and scrubbed from the files:
-        with a TPM it would otherwise still open with the old secret.
+        with a TPM it would otherwise still open with the old secret. A new PIN
+        re-authorises the binding's TPM keys in the same transaction.
         """
         _check_key("role", role)
         private = self._unlocked.get(binding)
@@ -656,7 +724,25 @@ class StoredCard:
                 " ON CONFLICT (binding, role) DO UPDATE SET blob = excluded.blob",
                 (binding, role, blob),
             )
+            key_auth = self._pin_key_auth(binding, role, secret)
+            if key_auth is not None:
+                self._replace_key_auth(binding, key_auth)
             db.request_scrub()
+
+    def _replace_key_auth(self, binding: str, key_auth: bytes) -> None:
+        follower = self._followers.get(binding)
+        if follower is not None:
+            follower.pin_replaced(key_auth)
+        before = self._key_auths.get(binding)
+
+        def undo() -> None:
+            if before is None:
+                self._key_auths.pop(binding, None)
+            else:
+                self._key_auths[binding] = before
+
+        self._key_auths[binding] = key_auth
+        self.undo_on_rollback(undo)
 
     def remove_role(self, binding: str, role: str) -> None:
         db = self._open()
@@ -675,7 +761,9 @@ class StoredCard:
         db = self._open()
         with db.transaction():
             db.write("DELETE FROM records WHERE protection = ?", (bound(binding),))
+            db.write("DELETE FROM records WHERE name = ?", (key_admin_records(binding)[0],))
             if db.write("DELETE FROM bindings WHERE name = ?", (binding,)) == 0:
                 raise KeyError(f"no binding {binding!r}")
             db.request_scrub()
         self._unlocked.pop(binding, None)
+        self._key_auths.pop(binding, None)

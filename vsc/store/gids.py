@@ -324,7 +324,9 @@ class StoredGidsApplet(GidsApplet):
     def __init__(self, card: StoredCard, data: StoredGidsData) -> None:
         self.stored_card = card
         self._sessions: list[Session] = []
-        super().__init__(StoredGidsKeyStore(card), data=data)
+        #: The applet's key store, as stored (how each key is authorised, for reports).
+        self.stored_keys = StoredGidsKeyStore(card)
+        super().__init__(self.stored_keys, data=data)
 
     def new_session(self) -> Session:
         session = super().new_session()

@@ -10,9 +10,12 @@ Records of a card (``vsc.store`` names, protections)::
 
     piv/record              CARD   serial, counters, management key, "is the PIN/PUK default"
     piv/object/5FC105       CARD   one per data object (certificates, CHUID, ...)
-    piv/slot/9a/info        CARD   key type, policies, origin, public key (SPKI DER)
+    piv/slot/9a/info        CARD   key type, policies, origin, public key (SPKI DER), where
+                                   the key lives and, for a TPM key, how it is authorised
     piv/slot/9a/key         bound("piv"), or CARD for PIN policy NEVER and for F9
     piv/attestation         CARD   the F9 certificate the key store remembers
+    tpm/key-admin/piv       CARD   the TPM's key-admin entity of the binding (TPM cards)
+    tpm/key-admin/piv/auth  bound("piv")  its authValue (see vsc.store.tpmkeys)
 
 **Commits.** :class:`StoredPivStore` is the applet's commit point
 (``PivStore.save``): the record and the objects that changed are written in
@@ -39,9 +42,10 @@ are card-encrypted: they work without a PIN, and are readable by whoever
 can read the card key (see ``docs/security.md``).
 
 **PIN changes** re-seal the binding under the new value and destroy the old
-blob, in the same transaction as the record; SET PIN RETRIES re-seals both
-roles under the defaults; RESET destroys the binding (and every key bound
-to it) and creates a new one under the defaults.
+blob, in the same transaction as the record (on a TPM card the key store,
+which follows the binding's PIN, re-authorises its TPM keys in it too);
+SET PIN RETRIES re-seals both roles under the defaults; RESET destroys the
+binding (and every key bound to it) and creates a new one under the defaults.
 
 **Managed cards** (:mod:`applets.piv.managed`, made by :mod:`vsc.lifecycle`)
 can have their PIN reset with the management key, without PIN or PUK. The
@@ -58,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -111,9 +116,10 @@ from .errors import (
     BindingLocked,
     CorruptStore,
     LockedOut,
+    StoreError,
 )
 from .events import reporting
-from .tpmkeys import Placement, is_tpm_record
+from .tpmkeys import KeyAuth, Placement, decode_record, is_tpm_record
 
 __all__ = [
     "ADMIN_ROLE",
@@ -127,6 +133,8 @@ __all__ = [
     "key_protection",
     "open_piv",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The binding sealed under the PIN (role "pin") and the PUK (role "puk").
 BINDING = "piv"
@@ -158,19 +166,36 @@ def _spki(key: PublicKey) -> bytes:
 # -- keys ---------------------------------------------------------------------------------
 
 
-def _encode_info(info: KeyInfo) -> bytes:
+def _encode_info(info: KeyInfo, tpm_auth: KeyAuth | None = None) -> bytes:
     location = info.location if info.location is not None else KeyLocation.SOFTWARE
-    return json.dumps(
-        {
-            "type": int(info.key_type),
-            "pin_policy": int(info.pin_policy),
-            "touch_policy": int(info.touch_policy),
-            "origin": int(info.origin),
-            "public_key": _spki(info.public_key).hex(),
-            "location": location.name.lower(),
-        },
-        sort_keys=True,
-    ).encode()
+    fields: dict[str, Any] = {
+        "type": int(info.key_type),
+        "pin_policy": int(info.pin_policy),
+        "touch_policy": int(info.touch_policy),
+        "origin": int(info.origin),
+        "public_key": _spki(info.public_key).hex(),
+        "location": location.name.lower(),
+    }
+    if tpm_auth is not None:  # how a TPM key is authorised, readable without the PIN
+        fields["tpm_auth"] = tpm_auth.value
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+def _info_auth(slot: int, raw: bytes) -> KeyAuth | None:
+    """The ``tpm_auth`` of slot information (None: not a TPM key, or an older record)."""
+    try:
+        value = json.loads(raw).get("tpm_auth")
+        return None if value is None else KeyAuth(value)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise CorruptStore(f"slot {slot:02X}: malformed key information ({e})") from None
+
+
+#: What ``vsc info`` says of how a slot's key is authorised.
+_AUTH_TEXT = {
+    KeyAuth.PIN: "tpm (PIN)",
+    KeyAuth.PENDING: "tpm (pending PIN: made before the PIN was verified)",
+    KeyAuth.RANDOM: "tpm (no PIN)",
+}
 
 
 def _decode_info(slot: int, raw: bytes) -> KeyInfo:
@@ -238,10 +263,13 @@ class StoredKeyStore(KeyStore):
     def __init__(self, card: StoredCard) -> None:
         self._card = card
         self._placement = Placement(card)
-        # Decoded public key information by slot (None: empty). Only this process
-        # writes the card (it holds the card's lock); every write below drops the
-        # slots it touches before it starts.
+        # Decoded public key information by slot (None: empty), and how each TPM key is
+        # authorised. Only this process writes the card (it holds the card's lock);
+        # every write below drops the slots it touches before it starts.
         self._infos: dict[int, KeyInfo | None] = {}
+        self._auths: dict[int, KeyAuth | None] = {}
+        if card.protector.key_vault() is not None:
+            card.follow_pin(self.binding, self)
 
     def __repr__(self) -> str:
         return f"<StoredKeyStore {self._card.name!r} slots={self._occupied_slots()}>"
@@ -255,13 +283,23 @@ class StoredKeyStore(KeyStore):
     def _protection(self, slot: int, pin_policy: PinPolicy) -> str:
         return key_protection(slot, pin_policy, self.binding)
 
+    def _pin_binding(self, protection: str) -> str | None:
+        """The binding whose PIN authorises a TPM key stored with ``protection``."""
+        return None if protection == CARD else self.binding
+
     def _load_info(self, slot: int) -> KeyInfo | None:
         if slot in self._infos:
             return self._infos[slot]
         raw = self._card.get(self._info_name(slot))
         info = None if raw is None else _decode_info(slot, raw)
+        self._auths[slot] = None if raw is None else _info_auth(slot, raw)
         self._infos[slot] = info
         return info
+
+    def _forget(self, *slots: int) -> None:
+        for slot in slots:
+            self._infos.pop(slot, None)
+            self._auths.pop(slot, None)
 
     def _load_private_key(self, slot: int) -> PrivateKey | KeyHandle:
         try:
@@ -274,7 +312,7 @@ class StoredKeyStore(KeyStore):
         if der is None or info is None:
             raise CorruptStore(f"slot {slot:02X}: key information without a key")
         if is_tpm_record(der):
-            return self._placement.handle(slot, der, _spki(info.public_key))
+            return self._placement.handle(slot, der, _spki(info.public_key), self.binding)
         key = _decode_private_key(slot, der)
         # Bound blobs do not name their slot (MOVE KEY renames them without the PIN):
         # a key swapped between slots in the file is caught here.
@@ -288,33 +326,44 @@ class StoredKeyStore(KeyStore):
         if self._placement.location(key_type) is not KeyLocation.TPM:
             return super()._generate(slot, key_type, policies)
         protection = self._protection(slot, policies[0])
-        record, public_key = self._placement.generate(key_type, da=protection != CARD)
+        record, public_key = self._placement.generate(
+            key_type, binding=self._pin_binding(protection)
+        )
         info = KeyInfo(key_type, *policies, Origin.GENERATED, public_key, location=KeyLocation.TPM)
-        self._write(slot, info, record, protection)
+        self._write(slot, info, record.encode(), protection, record.auth)
         return info
 
     def _store(self, slot: int, info: KeyInfo, private_key: PrivateKey) -> KeyInfo:
         protection = self._protection(slot, info.pin_policy)
         location = self._placement.location(info.key_type)
+        tpm_auth = None
         if location is KeyLocation.TPM:
-            record = self._placement.wrap(private_key, da=protection != CARD)
+            wrapped = self._placement.wrap(private_key, binding=self._pin_binding(protection))
+            record, tpm_auth = wrapped.encode(), wrapped.auth
         else:
             record = private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
         info = replace(info, location=location)
-        self._write(slot, info, record, protection)
+        self._write(slot, info, record, protection, tpm_auth)
         return info
 
-    def _write(self, slot: int, info: KeyInfo, record: bytes, protection: str) -> None:
+    def _write(
+        self,
+        slot: int,
+        info: KeyInfo,
+        record: bytes,
+        protection: str,
+        tpm_auth: KeyAuth | None = None,
+    ) -> None:
         replacing = self._card.protection_of(self._key_name(slot)) is not None
-        self._infos.pop(slot, None)
+        self._forget(slot)
         with self._card.transaction():
-            self._card.put(self._info_name(slot), _encode_info(info))
+            self._card.put(self._info_name(slot), _encode_info(info, tpm_auth))
             self._card.put(self._key_name(slot), record, protection=protection)
             if replacing:
                 self._card.scrub()  # the old private key must not linger in the files
 
     def _erase(self, slot: int) -> None:
-        self._infos.pop(slot, None)
+        self._forget(slot)
         with self._card.transaction():
             self._card.delete(self._key_name(slot))
             self._card.delete(self._info_name(slot))
@@ -322,12 +371,73 @@ class StoredKeyStore(KeyStore):
 
     def _move(self, src: int, dst: int) -> None:
         # Renames without unsealing anything: MOVE KEY needs the management key only.
-        self._infos.pop(src, None)
-        self._infos.pop(dst, None)
+        self._forget(src, dst)
         with self._card.transaction():
             self._card.rename(self._info_name(src), self._info_name(dst))
             self._card.rename(self._key_name(src), self._key_name(dst))
             self._card.scrub()
+
+    # -- keys authorised by the PIN (vsc.store.card.PinFollower) -----------------------------
+
+    def authorisation(self, slot: int) -> str | None:
+        """How the key of ``slot`` is authorised, for people (None: no key)."""
+        info = self._load_info(slot)
+        if info is None:
+            return None
+        if info.location is not KeyLocation.TPM:
+            return "software"
+        auth = self._auths.get(slot)
+        if auth is not None:
+            return _AUTH_TEXT[auth]
+        if self._card.protection_of(self._key_name(slot)) == CARD:
+            return _AUTH_TEXT[KeyAuth.RANDOM]
+        return "tpm (sealed random auth, older card)"
+
+    def _pin_slots(self, *kinds: KeyAuth) -> list[int]:
+        slots = self._occupied_slots()
+        for slot in slots:
+            self._load_info(slot)
+        return [slot for slot in slots if self._auths.get(slot) in kinds]
+
+    def _reauthorise(self, slot: int, key_auth: bytes) -> None:
+        """``slot``'s key changed to ``key_auth`` (PIN-derived), record and information."""
+        raw = self._card.get(self._key_name(slot))
+        info = self._load_info(slot)
+        if raw is None or info is None:
+            raise CorruptStore(f"slot {slot:02X}: key information without a key")
+        old = decode_record(slot, raw)
+        if old.auth is KeyAuth.RANDOM:
+            raise CorruptStore(f"slot {slot:02X}: its information and its record disagree")
+        new = self._placement.reauthorise(slot, old, key_auth, self.binding)
+        self._forget(slot)
+        self._card.undo_on_rollback(lambda: self._forget(slot))
+        self._card.put(self._info_name(slot), _encode_info(info, KeyAuth.PIN))
+        self._card.put(self._key_name(slot), new.encode(), protection=bound(self.binding))
+        self._card.scrub()  # the old blob still loads with the old value
+
+    def pin_verified(self) -> None:
+        """Keys made while the PIN was unknown now get its value (a failure is logged)."""
+        key_auth = self._card.key_auth(self.binding)
+        if key_auth is None:
+            return
+        for slot in self._pin_slots(KeyAuth.PENDING):
+            try:
+                with self._card.transaction():
+                    self._reauthorise(slot, key_auth)
+            except StoreError as e:
+                log.warning(
+                    "card %r: the key of slot %02X stays pending (random authValue): %s",
+                    self._card.name,
+                    slot,
+                    e,
+                )
+
+    def pin_replaced(self, key_auth: bytes) -> None:
+        """Every PIN-authorised (or pending) key changed to the new PIN's value."""
+        self._infos.clear()
+        self._auths.clear()
+        for slot in self._pin_slots(KeyAuth.PIN, KeyAuth.PENDING):
+            self._reauthorise(slot, key_auth)
 
     def _occupied_slots(self) -> list[int]:
         slots = []
@@ -348,6 +458,7 @@ class StoredKeyStore(KeyStore):
 
     def reset(self) -> None:
         self._infos.clear()
+        self._auths.clear()
         with self._card.transaction():  # all slots or none
             super().reset()
 
@@ -566,7 +677,9 @@ class StoredPivApplet(PivApplet):
     def __init__(self, card: StoredCard, data: StoredPivData) -> None:
         self.stored_card = card
         self._sessions: list[SecurityState] = []
-        super().__init__(StoredKeyStore(card), data=data)
+        #: The applet's key store, as stored (how each key is authorised, for reports).
+        self.stored_keys = StoredKeyStore(card)
+        super().__init__(self.stored_keys, data=data)
 
     def new_session(self) -> SecurityState:
         session = super().new_session()

@@ -9,26 +9,55 @@ operation runs there: raw RSA (``TPM2_RSA_Decrypt``, no scheme: the card
 gets the block already padded), ECDSA (``TPM2_Sign``), ECDH
 (``TPM2_ECDH_ZGen``). The card's files keep only the TPM's wrapped form.
 
-Each key has a random 32-byte authValue. The record holding it is protected
-like a software key's (:func:`vsc.store.piv.key_protection`): for a
-PIN-protected slot it is sealed to the PIN binding, which opens only after
-the TPM checked the PIN (and counted a wrong one); the key itself is then
-DA-protected, so the TPM checks its authValue on every use. A key anyone may
-use (PIN policy never, the attestation key) is card-encrypted and ``noDA``.
+**The PIN is the key's authorisation.** A key of a PIN-protected slot is
+DA-protected and its authValue is derived from the PIN
+(:meth:`StoredCard.key_auth`: the card's KDF with a label of its own, never
+the PIN itself, never stored). The TPM checks it on every use and counts a
+wrong one. The value is in memory only while the PIN binding is open by the
+PIN (forgotten on ``lock()``/``close()``, like the binding's private key).
+
+PIV GENERATE and IMPORT need only the management key, and PUK unblock, the
+admin's PIN reset, SET PIN RETRIES replace the PIN without knowing the old
+one. So each binding has a *key-admin entity*: a small sealed TPM object
+(``noDA``) whose authValue ``K_adm`` is random. Its blob is a card-encrypted
+record (``tpm/key-admin/<binding>``), ``K_adm`` a record bound to the binding
+(whoever opens the binding with any role reads it). Keys of PIN-protected
+slots carry ``adminWithPolicy`` and the policy PolicyCommandCode(
+ObjectChangeAuth) ; PolicySecret(entity): with ``K_adm``, and only for
+TPM2_ObjectChangeAuth, their authValue can be replaced. That is how:
+
+* a key made while the PIN is unknown gets a random authValue kept in its
+  record, marked *pending*; the next VERIFY of the binding changes it to the
+  PIN-derived value (a refusal is logged; the key stays pending and works);
+* every flow that replaces the PIN (change, PUK unblock, admin reset, SET
+  PIN RETRIES) changes every key of the binding to the new PIN's value in the
+  same transaction as the binding's new seal (:meth:`StoredCard.rebind`): a
+  failure rolls all of it back.
+
+Keys anyone may use (PIN policy never, the attestation key) are ``noDA``
+with a random authValue in a card-encrypted record. Records written before
+(version 1) keep their random authValue sealed to the binding and no admin
+policy: they work as before and are never converted.
 
 Record (``<prefix><slot>/key``)::
 
-    "vsc-tpm-key" 00 | version 01 | authValue (32) | TPM blob (TPM2B_PRIVATE ‖ TPM2B_PUBLIC)
+    "vsc-tpm-key" 00 | 01 | authValue (32) | TPM blob        random (noDA keys, older cards)
+    "vsc-tpm-key" 00 | 02 | 01 | authValue (32) | TPM blob   pending
+    "vsc-tpm-key" 00 | 02 | 02 | TPM blob                    PIN-derived
 
-Algorithms the TPM lacks (libtpms: RSA-4096, Ed25519, X25519) are refused
-with ``6A80`` and a log line, unless the card's settings allow software keys;
-such keys are stored as before (PKCS#8) and reported as software keys.
+(TPM blob: TPM2B_PRIVATE ‖ TPM2B_PUBLIC.) Algorithms the TPM lacks (libtpms:
+RSA-4096, Ed25519, X25519) are refused with ``6A80`` and a log line, unless
+the card's settings allow software keys; such keys are stored as before
+(PKCS#8) and reported as software keys.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 from cryptography.hazmat.primitives.serialization import (
@@ -41,16 +70,48 @@ from cryptography.hazmat.primitives.serialization import (
 
 from applets.piv.handles import KeyHandle, KeyLocation
 from applets.piv.keys import KeyType, PrivateKey
-from vsc.sw import ConditionsNotSatisfied, InvalidData
+from vsc.sw import ConditionsNotSatisfied, InvalidData, SecurityStatusNotSatisfied
 
-from .card import StoredCard
+from .card import CARD, StoredCard, bound, key_admin_records
 from .errors import AuthFailed, BackendMismatch, CorruptStore, LockedOut
 from .protect import KeyVault
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"vsc-tpm-key\0\x01"
+MAGIC = b"vsc-tpm-key\0"
 AUTH_SIZE = 32
+_V1 = 0x01
+_V2 = 0x02
+
+
+class KeyAuth(Enum):
+    """How a TPM key's authValue is chosen (the ``tpm_auth`` of its slot information)."""
+
+    #: Random, in the record (version 1): keys anyone may use, and keys of older cards.
+    RANDOM = "random"
+    #: Random, in the record, until the next VERIFY makes it PIN-derived.
+    PENDING = "pending"
+    #: Derived from the PIN; nowhere in the files.
+    PIN = "pin"
+
+
+_KINDS = {KeyAuth.PENDING: 0x01, KeyAuth.PIN: 0x02}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A TPM key record: how it is authorised, its stored authValue (if any), its blob."""
+
+    auth: KeyAuth
+    blob: bytes
+    value: bytes | None = None
+
+    def encode(self) -> bytes:
+        if self.auth is KeyAuth.RANDOM:
+            assert self.value is not None
+            return MAGIC + bytes((_V1,)) + self.value + self.blob
+        head = MAGIC + bytes((_V2, _KINDS[self.auth]))
+        return head + (self.value or b"") + self.blob
 
 
 def algorithm(key_type: KeyType) -> str:
@@ -58,20 +119,21 @@ def algorithm(key_type: KeyType) -> str:
     return key_type.name.lower()
 
 
-def encode_record(auth: bytes, blob: bytes) -> bytes:
-    return MAGIC + auth + blob
-
-
 def is_tpm_record(raw: bytes) -> bool:
-    return raw.startswith(MAGIC)
+    return raw.startswith(MAGIC) and raw[len(MAGIC) : len(MAGIC) + 1] in (b"\x01", b"\x02")
 
 
-def decode_record(slot: int, raw: bytes) -> tuple[bytes, bytes]:
-    """(authValue, blob) of a TPM key record."""
-    body = raw[len(MAGIC) :]
-    if not is_tpm_record(raw) or len(body) <= AUTH_SIZE:
-        raise CorruptStore(f"slot {slot:02X}: malformed TPM key record")
-    return body[:AUTH_SIZE], body[AUTH_SIZE:]
+def decode_record(slot: int, raw: bytes) -> KeyRecord:
+    """The parts of a TPM key record; :class:`CorruptStore` if it is malformed."""
+    body = raw[len(MAGIC) + 1 :]
+    version = raw[len(MAGIC)] if is_tpm_record(raw) else 0
+    if version == _V1 and len(body) > AUTH_SIZE:
+        return KeyRecord(KeyAuth.RANDOM, body[AUTH_SIZE:], body[:AUTH_SIZE])
+    if version == _V2 and body[:1] == b"\x01" and len(body) > 1 + AUTH_SIZE:
+        return KeyRecord(KeyAuth.PENDING, body[1 + AUTH_SIZE :], body[1 : 1 + AUTH_SIZE])
+    if version == _V2 and body[:1] == b"\x02" and len(body) > 1:
+        return KeyRecord(KeyAuth.PIN, body[1:])
+    raise CorruptStore(f"slot {slot:02X}: malformed TPM key record")
 
 
 def new_auth() -> bytes:
@@ -114,30 +176,84 @@ class Placement:
         raise InvalidData(f"{key_type.name} keys cannot live in this card's TPM")
 
     def generate(
-        self, key_type: KeyType, *, da: bool
-    ) -> tuple[bytes, rsa.RSAPublicKey | ec.EllipticCurvePublicKey]:
-        """A key made in the TPM: its record and public key."""
-        auth = new_auth()
-        blob = self.vault.generate(algorithm(key_type), auth, da=da)
-        return encode_record(auth, blob), _public_key(self.vault, blob)
+        self, key_type: KeyType, *, binding: str | None
+    ) -> tuple[KeyRecord, rsa.RSAPublicKey | ec.EllipticCurvePublicKey]:
+        """A key made in the TPM: its record and public key. With ``binding``, a key of a
+        PIN-protected slot (see the module's docstring); without, one anyone may use."""
+        auth, record, policy = self._authorisation(binding)
+        blob = self.vault.generate(
+            algorithm(key_type), auth, da=binding is not None, admin_policy=policy
+        )
+        return record(blob), _public_key(self.vault, blob)
 
-    def wrap(self, private_key: PrivateKey, *, da: bool) -> bytes:
+    def wrap(self, private_key: PrivateKey, *, binding: str | None) -> KeyRecord:
         """A host-supplied key wrapped into the TPM: its record."""
         der = private_key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
-        auth = new_auth()
+        auth, record, policy = self._authorisation(binding)
         try:
-            blob = self.vault.import_key(der, auth, da=da)
+            blob = self.vault.import_key(der, auth, da=binding is not None, admin_policy=policy)
         except ValueError as e:
             raise InvalidData(f"the TPM refused the key: {e}") from None
-        return encode_record(auth, blob)
+        return record(blob)
 
-    def handle(self, slot: int, raw: bytes, public_spki: bytes) -> TpmKey:
-        """The key of a TPM record; :class:`CorruptStore` if it is not the slot's key."""
-        auth, blob = decode_record(slot, raw)
+    def _authorisation(
+        self, binding: str | None
+    ) -> tuple[bytes, Callable[[bytes], KeyRecord], bytes | None]:
+        """A new key's authValue, how to record it, its admin policy."""
+        if binding is None:
+            value = new_auth()
+            return value, lambda blob: KeyRecord(KeyAuth.RANDOM, blob, value), None
+        policy = self.admin_policy(binding)
+        pin_auth = self._card.key_auth(binding)
+        if pin_auth is not None:  # the PIN is verified: derived from it right away
+            return pin_auth, lambda blob: KeyRecord(KeyAuth.PIN, blob), policy
+        value = new_auth()
+        return value, lambda blob: KeyRecord(KeyAuth.PENDING, blob, value), policy
+
+    def admin_policy(self, binding: str) -> bytes:
+        """The admin policy of ``binding``'s keys; its key-admin entity made the first time."""
+        entity_name, auth_name = key_admin_records(binding)
+        entity = self._card.get(entity_name)
+        if entity is None:
+            value = new_auth()
+            entity = self.vault.create_admin_entity(value)
+            with self._card.transaction():
+                self._card.put(entity_name, entity, protection=CARD)
+                self._card.put(auth_name, value, protection=bound(binding))
+        return self.vault.admin_policy(entity)
+
+    def reauthorise(self, slot: int, record: KeyRecord, auth: bytes, binding: str) -> KeyRecord:
+        """``record``'s key with authValue ``auth`` (needs ``binding`` open): a PIN record."""
+        entity_name, auth_name = key_admin_records(binding)
+        entity = self._card.get(entity_name)
+        value = self._card.get(auth_name)
+        if entity is None or value is None:
+            raise CorruptStore(f"slot {slot:02X}: the key-admin entity of {binding!r} is missing")
+        _, policy = self.vault.authorisation(record.blob)
+        if policy != self.vault.admin_policy(entity):
+            raise CorruptStore(f"slot {slot:02X}: the key does not follow {binding!r}'s entity")
+        try:
+            blob = self.vault.change_auth(record.blob, auth, entity, value)
+        except (AuthFailed, LockedOut, BackendMismatch) as e:
+            raise CorruptStore(
+                f"slot {slot:02X}: the TPM refused the new authValue ({e})"
+            ) from None
+        return KeyRecord(KeyAuth.PIN, blob)
+
+    def handle(self, slot: int, raw: bytes, public_spki: bytes, binding: str) -> TpmKey:
+        """The key of a TPM record; :class:`CorruptStore` if it is not the slot's key.
+
+        A PIN-derived key needs the binding opened by the PIN (a PUK or the admin
+        role opens it too, but does not give the PIN): else ``6982``.
+        """
+        record = decode_record(slot, raw)
         vault = self.vault
-        if vault.public_key(blob) != public_spki:
+        if vault.public_key(record.blob) != public_spki:
             raise CorruptStore(f"slot {slot:02X}: the TPM key does not match the slot")
-        return TpmKey(slot, vault, blob, auth)
+        auth = record.value if record.value is not None else self._card.key_auth(binding)
+        if auth is None:
+            raise SecurityStatusNotSatisfied(f"slot {slot:02X} needs the PIN")
+        return TpmKey(slot, vault, record.blob, auth)
 
 
 def _public_key(vault: KeyVault, blob: bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
