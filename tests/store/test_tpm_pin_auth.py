@@ -26,7 +26,6 @@ from .conftest import require_swtpm
 
 require_swtpm()  # before importing the tpm backend, which needs tpm2-pytss
 
-
 from applets.gids.host import authenticate_mutual  # noqa: E402
 from applets.piv.keys import KeyInfo, KeyType, Origin, PinPolicy, TouchPolicy  # noqa: E402
 from vsc.apdu import CommandApdu  # noqa: E402
@@ -35,7 +34,6 @@ from vsc.store import (  # noqa: E402
     AuthFailed,
     BackendSpec,
     CardStore,
-    DaParameters,
     StoredCard,
     bound,
 )
@@ -45,22 +43,13 @@ from vsc.store.tpmkeys import MAGIC, KeyAuth, KeyRecord, decode_record  # noqa: 
 from vsc.testing.swtpm import Swtpm  # noqa: E402
 
 from .test_piv_store import Piv, open_piv_card  # noqa: E402
+from .test_tpm_keys import backend, swtpm_module  # noqa: E402  (fixtures: a swtpm, 32 tries)
 from .tpm_esapi import key_use, pin_derived_auth  # noqa: E402
+
+__all__ = ["backend", "swtpm_module"]
 
 PIN, NEW_PIN, PUK, DEFAULT_PIN = "123456", "87654321", "12345678", "123456"
 ENTITY, ENTITY_AUTH = "tpm/key-admin/piv", "tpm/key-admin/piv/auth"
-
-
-@pytest.fixture(scope="module")
-def swtpm_module() -> Iterator[Swtpm]:
-    with Swtpm() as tpm:
-        Tpm(tpm.tcti).set_da_parameters(DaParameters(32, 7200, 86400), lockout_auth=b"")
-        yield tpm
-
-
-@pytest.fixture
-def backend(swtpm_module: Swtpm) -> BackendSpec:
-    return BackendSpec.tpm(swtpm_module.tcti)
 
 
 @pytest.fixture
