@@ -364,3 +364,59 @@ def test_a_managed_card_s_admin_reset_reauthorises_its_keys(
     finally:
         stored.close()
     Tpm(swtpm_module.tcti).da_reset(lockout_auth=b"")
+
+
+def test_the_admin_policy_does_not_open_duplication(piv: Piv, swtpm_module: Swtpm) -> None:
+    """An imported key lacks fixedTPM/fixedParent; TPM2_Duplicate needs a policy session
+    whose command is Duplicate, which the ObjectChangeAuth policy never is."""
+    from tpm2_pytss import (
+        ESAPI,
+        ESYS_TR,
+        TPM2_ALG,
+        TPM2_CC,
+        TPM2_RC,
+        TPM2_SE,
+        TPM2B_DATA,
+        TPMT_SYM_DEF,
+        TPMT_SYM_DEF_OBJECT,
+        TSS2_Exception,
+    )
+
+    from vsc.store.tpm import _srk_template
+
+    piv.session.put_key(SLOT.KEY_MANAGEMENT, ec.generate_private_key(ec.SECP256R1()))
+    piv.session.verify_pin(PIN)
+    rec, entity, k_adm = record(piv, 0x9D), piv.stored.get(ENTITY), piv.stored.get(ENTITY_AUTH)
+    assert entity is not None and k_adm is not None
+    ctx = ESAPI(swtpm_module.tcti)
+    handles = []
+    try:
+        srk = ctx.create_primary(None, _srk_template())[0]
+        handles.append(srk)
+        key = ctx.load(srk, *_parse_blob(rec.blob, 2))
+        entity_handle = ctx.load(srk, *_parse_blob(entity, 1))
+        handles += [key, entity_handle]
+        ctx.tr_set_auth(entity_handle, k_adm)
+        # The entity's policy names another command; a Duplicate policy is another digest.
+        expected = {
+            TPM2_CC.ObjectChangeAuth: TPM2_RC.POLICY_CC,
+            TPM2_CC.Duplicate: TPM2_RC.POLICY_FAIL,
+        }
+        for code in expected:
+            policy = ctx.start_auth_session(
+                ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF.parse("null"),
+                TPM2_ALG.SHA256,
+            )  # fmt: skip
+            handles.append(policy)
+            ctx.policy_command_code(policy, code)
+            ctx.policy_secret(entity_handle, policy)
+            with pytest.raises(TSS2_Exception) as refused:
+                ctx.duplicate(
+                    key, ESYS_TR.NULL, TPM2B_DATA(),
+                    TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.NULL), session1=policy,
+                )  # fmt: skip
+            assert refused.value.error == expected[code]
+    finally:
+        for handle in reversed(handles):
+            ctx.flush_context(handle)
+        ctx.close()
