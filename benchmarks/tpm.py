@@ -315,7 +315,7 @@ def _tpm_key_rows(group: GroupResult, tcti: str, directory: Path, budget: Budget
     for label, key_type, algorithm in _TPM_KEYS:
         stored = create_card(directory / f"tpm-{algorithm}", BackendSpec.tpm(tcti))
         try:
-            card, point = _piv_with_key(open_piv(stored), key_type)
+            card, point = _piv_with_key(open_piv(stored, provision=True), key_type)
             software, _ = _piv_with_key(PivApplet(), key_type)
             ops = [(f"GA sign {label}", _sign_apdu(key_type), "sign")]
             if point:
