@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _failed(name: str, error: BaseException) -> GroupResult:
     detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-    return GroupResult(name, "failed", skipped=f"the group raised: {detail}")
+    return GroupResult(name, "failed", skipped=f"the group raised: {detail}", failed=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loadavg_at_start=load,
     )
     print(f"\nresults: {path}")
-    return 0
+    # Targets never fail the run (speed is judged, not asserted); a group that raised does.
+    return 1 if any(g.failed for g in results) else 0
 
 
 if __name__ == "__main__":

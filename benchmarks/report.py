@@ -91,6 +91,8 @@ class GroupResult:
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
     seconds: float = 0.0
+    #: The group raised (a bug, not a missing tool): the run exits 1.
+    failed: bool = False
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
