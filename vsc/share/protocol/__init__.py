@@ -7,11 +7,12 @@ messages into bytes and back, like h11, and keeps the two apart as h11 does:
 
 * :mod:`.wire` -- the vocabulary: sizes, the type byte, the enums, the errors;
 * :mod:`.fields` -- how a body is laid out (fixed-size integers, byte strings
-  with a 2- or 4-byte length, UTF-8 strings with a 2-byte length, lists),
-  declared once per message;
-* :mod:`.messages` -- the messages (frozen dataclasses) and their framing: a
-  4-byte big-endian length, then the type byte and the body, which must be
-  consumed exactly;
+  with a 2- or 4-byte length, UTF-8 strings with a 2-byte length, lists), and
+  the one reader and writer of bodies, which checks every length and value;
+* :mod:`.messages` -- the messages and their framing: a 4-byte big-endian
+  length, then the type byte and the body, which must be consumed exactly.
+  Each message is declared once: ``@message(MessageType.X)`` (its type byte;
+  a frozen, slotted dataclass) and ``FIELDS``, its body in wire order;
 * :mod:`.connection` -- :class:`LinkConnection`, one end of a link: feed
   received bytes to :meth:`~LinkConnection.receive_data` (``b""`` = end of
   stream), pull messages with :meth:`~LinkConnection.next_event` until
@@ -30,7 +31,10 @@ reply is a :class:`RemoteProtocolError`, and our own misuse is a
 
 Law (checked by a fuzz test): any byte stream, split anywhere, yields the same
 messages as when fed whole, and the only exception is
-:class:`RemoteProtocolError`; after one, the connection stays broken.
+:class:`RemoteProtocolError`; after one, the connection stays broken. The
+encoding is canonical (what decodes re-encodes to the same bytes, but for a
+code read as ``UNKNOWN``), and the bytes of every message are pinned by
+tests: changing them takes a new :data:`PROTOCOL_VERSION`.
 
 The session rules (hello first, attach before power and APDUs, who may
 detach what) are the service's business (:mod:`vsc.share.service`).

@@ -1,11 +1,12 @@
 """The link's messages (frozen dataclasses, one per type byte) and their framing.
 
-Each message declares its body once, in wire order (``FIELDS``, see
-:mod:`.fields`); :func:`encode` frames one message (a 4-byte big-endian
-length, the type byte, the body) and :func:`decode` reads one frame's
-payload back. Requests go from the endpoint to the service, replies and
-events (``Notice``) the other way; which reply answers which request is the
-connection's business (:mod:`.connection`).
+A message is declared once: :func:`message` gives a class its type byte and
+makes it a frozen, slotted dataclass, and ``FIELDS`` lays out its body in wire
+order (see :mod:`.fields`). :func:`encode` frames one message (a 4-byte
+big-endian length, the type byte, the body) and :func:`decode` reads one
+frame's payload back. Requests go from the endpoint to the service, replies
+and events (``Notice``) the other way; which reply answers which request is
+the connection's business (:mod:`.connection`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, TypeAlias
+from typing import ClassVar, Final, TypeAlias, TypeVar, dataclass_transform, get_args
 
 from .fields import U8, U16, Blob, BodyReader, BodyWriter, Code, Fixed, Items, Struct, Text
 from .wire import (
@@ -69,6 +70,7 @@ __all__ = [
     "Welcome",
     "decode",
     "encode",
+    "message",
 ]
 
 #: A frame starts with the length of what follows (type byte + body).
@@ -92,10 +94,24 @@ class _Message(Struct):
     TYPE: ClassVar[MessageType]
 
 
+_M = TypeVar("_M", bound=_Message)
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def message(kind: MessageType) -> Callable[[type[_M]], type[_M]]:
+    """Declare the message sent with type byte ``kind``: a frozen, slotted dataclass."""
+
+    def declare(cls: type[_M]) -> type[_M]:
+        cls.TYPE = kind
+        return dataclass(frozen=True, slots=True)(cls)
+
+    return declare
+
+
 # --- requests (endpoint -> service) ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.HELLO)
 class Hello(_Message):
     """First request of a session: protocol version, the remote session, this endpoint's run.
 
@@ -103,102 +119,85 @@ class Hello(_Message):
     service the endpoint restarted: the old attachment ends and moves here.
     """
 
-    TYPE: ClassVar[MessageType] = MessageType.HELLO
     FIELDS = (("version", _U8), ("session", _TEXT), ("instance", Fixed(INSTANCE_SIZE)))
     session: str
     instance: bytes
     version: int = PROTOCOL_VERSION
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.LIST_READERS)
 class ListReaders(_Message):
     """Ask for the reader listing."""
 
-    TYPE: ClassVar[MessageType] = MessageType.LIST_READERS
 
-
-@dataclass(frozen=True, slots=True)
+@message(MessageType.ATTACH)
 class Attach(_Message):
     """Attach ``reader`` ("Reader 1") to this connection's session."""
 
-    TYPE: ClassVar[MessageType] = MessageType.ATTACH
     FIELDS = (("reader", _TEXT), ("mode", Code(ShareMode)))
     reader: str
     mode: ShareMode = ShareMode.EXCLUSIVE
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.DETACH)
 class Detach(_Message):
     """End attachments: of ``reader`` ("" = any reader), of ``session`` ("" = any session)."""
 
-    TYPE: ClassVar[MessageType] = MessageType.DETACH
     FIELDS = (("reader", _TEXT), ("session", _TEXT))
     reader: str = ""
     session: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.END)
 class End(_Message):
     """The endpoint ends its own attachment (detach, logout, shutdown)."""
 
-    TYPE: ClassVar[MessageType] = MessageType.END
     FIELDS = (("reason", _REASON),)
     reason: EndReason = EndReason.DETACH
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.POWER_ON)
 class PowerOn(_Message):
     """The remote reader powered the card: connect, or cold-reset a used card."""
 
-    TYPE: ClassVar[MessageType] = MessageType.POWER_ON
 
-
-@dataclass(frozen=True, slots=True)
+@message(MessageType.POWER_OFF)
 class PowerOff(_Message):
     """The remote reader cut power: the next power on resets the card."""
 
-    TYPE: ClassVar[MessageType] = MessageType.POWER_OFF
 
-
-@dataclass(frozen=True, slots=True)
+@message(MessageType.RESET)
 class Reset(_Message):
     """The remote reader reset the card (warm)."""
 
-    TYPE: ClassVar[MessageType] = MessageType.RESET
 
-
-@dataclass(frozen=True, slots=True)
+@message(MessageType.TRANSMIT)
 class Transmit(_Message):
     """One command APDU for the card."""
 
-    TYPE: ClassVar[MessageType] = MessageType.TRANSMIT
     FIELDS = (("apdu", _APDU),)
     apdu: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.PING)
 class Ping(_Message):
     """The endpoint's keepalive, sent when the link has been quiet: answered by OK."""
 
-    TYPE: ClassVar[MessageType] = MessageType.PING
 
-
-@dataclass(frozen=True, slots=True)
+@message(MessageType.PAIR_REQUEST)
 class PairRequest(_Message):
     """Pairing, step 1: the endpoint's certificate (DER) and nonce, in the clear of TLS."""
 
-    TYPE: ClassVar[MessageType] = MessageType.PAIR_REQUEST
     FIELDS = (("certificate", Blob(2, 1)), ("nonce", _NONCE), ("name", _TEXT))
     certificate: bytes
     nonce: bytes
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.PAIR_PROOF)
 class PairProof(_Message):
     """Pairing, step 3: the endpoint's proof that it knows the code."""
 
-    TYPE: ClassVar[MessageType] = MessageType.PAIR_PROOF
     FIELDS = (("mac", _MAC),)
     mac: bytes = field(repr=False)
 
@@ -206,11 +205,10 @@ class PairProof(_Message):
 # --- replies (service -> endpoint) ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.WELCOME)
 class Welcome(_Message):
     """Reply to HELLO: the service's protocol version and name."""
 
-    TYPE: ClassVar[MessageType] = MessageType.WELCOME
     FIELDS = (("version", _U8), ("name", _TEXT))
     name: str
     version: int = PROTOCOL_VERSION
@@ -232,105 +230,92 @@ class ReaderInfo(Struct):
     session: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.READERS)
 class Readers(_Message):
     """Reply to LIST_READERS."""
 
-    TYPE: ClassVar[MessageType] = MessageType.READERS
     FIELDS = (("readers", Items(ReaderInfo)),)
     readers: tuple[ReaderInfo, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.ATTACHED)
 class Attached(_Message):
     """Reply to ATTACH: the card's ATR (b"" when the reader is empty) and the reader's
     stable name (ATTACH may name it in any case, or by a unique prefix)."""
 
-    TYPE: ClassVar[MessageType] = MessageType.ATTACHED
     FIELDS = (("atr", Blob(2, 0, ATR_MAX)), ("reader", _TEXT))
     atr: bytes = b""
     reader: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.OK)
 class Ok(_Message):
     """Plain success; ``count`` says how many attachments a DETACH ended."""
 
-    TYPE: ClassVar[MessageType] = MessageType.OK
     FIELDS = (("count", U16()),)
     count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.ATR)
 class Atr(_Message):
     """Reply to POWER_ON and RESET: the card's ATR now."""
 
-    TYPE: ClassVar[MessageType] = MessageType.ATR
     FIELDS = (("atr", _ATR),)
     atr: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.RESPONSE)
 class Response(_Message):
     """Reply to TRANSMIT: the response APDU (at least the two status bytes)."""
 
-    TYPE: ClassVar[MessageType] = MessageType.RESPONSE
     FIELDS = (("apdu", _RESPONSE),)
     apdu: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.ERROR)
 class Error(_Message):
     """A request failed."""
 
-    TYPE: ClassVar[MessageType] = MessageType.ERROR
     FIELDS = (("code", Code(ErrorCode)), ("message", _TEXT))
     code: ErrorCode
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.PAIR_CHALLENGE)
 class PairChallenge(_Message):
     """Pairing, step 2: the service's nonce and its proof that it knows the code."""
 
-    TYPE: ClassVar[MessageType] = MessageType.PAIR_CHALLENGE
     FIELDS = (("nonce", _NONCE), ("mac", _MAC), ("name", _TEXT))
     nonce: bytes
     mac: bytes = field(repr=False)
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.PAIRED)
 class Paired(_Message):
     """Pairing, step 4: the service pinned the endpoint's certificate."""
-
-    TYPE: ClassVar[MessageType] = MessageType.PAIRED
 
 
 # --- events (service -> endpoint, any time) -------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.CARD_INSERTED)
 class CardInserted(_Message):
     """Event: a card is in the attached reader (and connected)."""
 
-    TYPE: ClassVar[MessageType] = MessageType.CARD_INSERTED
     FIELDS = (("atr", _ATR),)
     atr: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@message(MessageType.CARD_REMOVED)
 class CardRemoved(_Message):
     """Event: the attached reader is empty now."""
 
-    TYPE: ClassVar[MessageType] = MessageType.CARD_REMOVED
 
-
-@dataclass(frozen=True, slots=True)
+@message(MessageType.DETACHED)
 class Detached(_Message):
     """Event: the attachment ended on the service's side; the reader must go."""
 
-    TYPE: ClassVar[MessageType] = MessageType.DETACHED
     FIELDS = (("reason", _REASON),)
     reason: EndReason = EndReason.DETACH
 
@@ -355,32 +340,10 @@ Reply: TypeAlias = (
 Notice: TypeAlias = CardInserted | CardRemoved | Detached
 Message: TypeAlias = Request | Reply | Notice
 
-REQUEST_TYPES: Final[tuple[type[Request], ...]] = (
-    Hello,
-    ListReaders,
-    Attach,
-    Detach,
-    End,
-    PowerOn,
-    PowerOff,
-    Reset,
-    Transmit,
-    Ping,
-    PairRequest,
-    PairProof,
-)
-REPLY_TYPES: Final[tuple[type[Reply], ...]] = (
-    Welcome,
-    Readers,
-    Attached,
-    Ok,
-    Atr,
-    Response,
-    Error,
-    PairChallenge,
-    Paired,
-)
-NOTICE_TYPES: Final[tuple[type[Notice], ...]] = (CardInserted, CardRemoved, Detached)
+# The unions above are the one list of who sends what; isinstance() wants tuples.
+REQUEST_TYPES: Final[tuple[type[Request], ...]] = get_args(Request)
+REPLY_TYPES: Final[tuple[type[Reply], ...]] = get_args(Reply)
+NOTICE_TYPES: Final[tuple[type[Notice], ...]] = get_args(Notice)
 
 _DECODERS: Final[dict[int, Callable[[BodyReader], Message]]] = {
     kind.TYPE: kind.read_fields for kind in (*REQUEST_TYPES, *REPLY_TYPES, *NOTICE_TYPES)
@@ -407,8 +370,8 @@ def decode(frame: bytes) -> Message:
         raise RemoteProtocolError(f"unknown message type {frame[0]:02X}")
     body = BodyReader(frame[1:])
     try:
-        message = decoder(body)
+        decoded = decoder(body)
     except ValueError as exc:  # a field the dataclass refuses
         raise RemoteProtocolError(f"{MessageType(frame[0]).name}: {exc}") from exc
     body.finish()
-    return message
+    return decoded
