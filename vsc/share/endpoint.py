@@ -238,13 +238,10 @@ class Endpoint:
                 self._close_vpcd()
                 self._waiting = None
                 self.atr = b""
-                self.events.record(
+                self._record(
                     EventKind.LINK_LOST,
                     f"link to {self._service_name} lost ({exc}); {self.reader} empty until it "
                     "is back",
-                    reader=self.reader,
-                    session=self.session,
-                    peer=self._service_peer,
                 )
                 continue
             finally:
@@ -280,13 +277,10 @@ class Endpoint:
         self._service_peer = format_fingerprint(session.service.fingerprint, 4)
         self.atr = reply.atr
         mode = self.mode.name.lower()
-        self.events.record(
+        self._record(
             EventKind.ATTACHED,
             f"{self.reader} of {session.service_name} attached into session {self.session} "
             f"({mode}; {'card present' if reply.atr else 'no card'})",
-            reader=self.reader,
-            session=self.session,
-            peer=self._service_peer,
             mode=mode,
         )
         self._attached.set()
@@ -298,13 +292,10 @@ class Endpoint:
     def _unshared(self, reason: EndReason) -> Outcome:
         message = f"{self.reader} unshared ({REASON_TEXT.get(reason, reason.name)})"
         of = f" of {self._service_name}" if self._service_name else ""
-        self.events.record(
+        self._record(
             EventKind.UNSHARED,
             f"{self.reader}{of} unshared from session {self.session} "
             f"({REASON_TEXT.get(reason, reason.name)})",
-            reader=self.reader,
-            session=self.session,
-            peer=self._service_peer,
             reason=reason.name.lower(),
         )
         return Outcome(reason, message)
@@ -430,9 +421,15 @@ class Endpoint:
         if self._waiting is None:
             self._close_vpcd()
 
-    def _record(self, kind: EventKind, message: str) -> None:
+    def _record(self, kind: EventKind, message: str, **fields: str) -> None:
+        """Log an event about this attachment (its reader, session and service)."""
         self.events.record(
-            kind, message, reader=self.reader, session=self.session, peer=self._service_peer
+            kind,
+            message,
+            reader=self.reader,
+            session=self.session,
+            peer=self._service_peer,
+            **fields,
         )
 
     def _on_reply(self, reply: Ok | Atr | Response | Error) -> None:

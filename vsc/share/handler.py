@@ -42,6 +42,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -331,11 +332,7 @@ class LinkHandler:
         if self.lease is not None:
             self._end(EndReason.CONNECTION_LOST, None)
         # Anyone still waiting on us gets released.
-        while True:
-            try:
-                notice = self._notices.get_nowait()
-            except queue.Empty:
-                break
+        for notice in self._queued_notices():
             if isinstance(notice, EndLease):
                 notice.done.set()
         with self._sock_lock:
@@ -481,12 +478,8 @@ class LinkHandler:
             service.broker,
             self.trace,
             transaction_idle=service.transaction_idle,
-            shares_state=lambda message: service.events.record(
-                EventKind.SHARED_STATE,
-                message,
-                reader=lease.reader,
-                session=lease.session,
-                peer=short(lease.key.peer),
+            shares_state=lambda message: service.record_lease(
+                EventKind.SHARED_STATE, lease, message
             ),
         )
         service.own(lease, self)
@@ -498,12 +491,10 @@ class LinkHandler:
             service.broker.release(lease)
             return Error(ErrorCode.LOCALLY_BUSY, self._busy(lease))
         mode = lease.mode.name.lower()
-        service.events.record(
+        service.record_lease(
             EventKind.SHARED,
+            lease,
             f"{lease.reader} shared into session {lease.session} ({mode})",
-            reader=lease.reader,
-            session=lease.session,
-            peer=short(lease.key.peer),
             mode=mode,
         )
         return Attached(atr or b"", lease.reader)
@@ -547,12 +538,16 @@ class LinkHandler:
 
     # -- notices and timers --------------------------------------------------------------------
 
-    def _run_notices(self, link: LinkSocket) -> None:
+    def _queued_notices(self) -> Iterator[Notice]:
+        """Take the queued notices, one at a time, until none is left."""
         while True:
             try:
-                notice = self._notices.get_nowait()
+                yield self._notices.get_nowait()
             except queue.Empty:
                 return
+
+    def _run_notices(self, link: LinkSocket) -> None:
+        for notice in self._queued_notices():
             if isinstance(notice, EndLease):
                 if notice.lease == self.lease:
                     self._end(notice.reason, link)

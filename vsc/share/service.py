@@ -351,13 +351,22 @@ class ShareService:
             log.warning("%s: holder did not let go within %.0f s", lease.reader, _END_WAIT)
 
     def record_unshared(self, lease: Lease, reason: EndReason) -> None:
-        self.events.record(
+        self.record_lease(
             EventKind.UNSHARED,
+            lease,
             f"{lease.reader} unshared from session {lease.session} ({REASON_TEXT[reason]})",
+            reason=reason.name.lower(),
+        )
+
+    def record_lease(self, kind: EventKind, lease: Lease, message: str, **fields: str) -> None:
+        """Log an event about ``lease`` (its reader, session and peer)."""
+        self.events.record(
+            kind,
+            message,
             reader=lease.reader,
             session=lease.session,
             peer=short(lease.key.peer),
-            reason=reason.name.lower(),
+            **fields,
         )
 
 
