@@ -377,3 +377,27 @@ def test_structured_sequences_give_valid_responses(cmds: list[tuple[bytes, bytes
         resp = card.transmit(header + body)
         assert len(resp) >= 2
         assert resp[-2] in range(0x61, 0x70) or resp[-2] in range(0x90, 0xA0)
+
+
+class _Counting(Applet[None]):
+    """A mixin with no handlers of its own, placed before an applet class."""
+
+    def process(self, apdu: CommandApdu, session: None) -> bytes | Response:
+        self.processed = getattr(self, "processed", 0) + 1
+        return super().process(apdu, session)
+
+
+class _CountingEcho(_Counting, EchoApplet):
+    pass
+
+
+def test_a_mixin_before_the_applet_keeps_its_handlers() -> None:
+    applet = _CountingEcho()
+    card = Card()
+    card.register(applet)
+    assert (
+        card.transmit(b"\x00\xa4\x04\x00" + bytes([len(ECHO_AID)]) + ECHO_AID)[-2:] == b"\x90\x00"
+    )
+    assert card.transmit(bytes.fromhex("0001000002ABCD00")) == bytes.fromhex("ABCD9000")
+    assert applet.processed == 1
+    assert _CountingEcho.commands == EchoApplet.commands

@@ -81,7 +81,11 @@ class Applet(Generic[S]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        table = dict(cls.commands)
+        # Every base's handlers, the leftmost base's winning (as in the MRO): a mixin
+        # placed before an applet class must not hide the applet's table behind its own.
+        table: dict[int, Callable[[Any, CommandApdu, Any], bytes | Response]] = {}
+        for base in reversed(cls.__bases__):
+            table.update(getattr(base, "commands", {}))
         for value in cls.__dict__.values():
             for ins in getattr(value, _INS_ATTR, ()):
                 table[ins] = value
