@@ -34,7 +34,10 @@ backend to unseal the ``pin`` role (with a TPM, the TPM compares and its
 dictionary-attack logic counts the failure), a refused-without-comparing
 try (lockout) is given back and answered ``6985``. A correct PIN or PUK
 unlocks the binding; :class:`StoredGidsApplet` locks it again after every
-command and session end that leaves no channel with the PIN verified.
+command and session end that leaves no channel with the PIN verified. A
+blocking wrong try is reported by the applet itself (``pin-blocked``,
+``puk-blocked``). Checking a value, giving a try back, opening the ``admin``
+role and relocking work as for PIV, in :mod:`vsc.store.pinbinding`.
 
 **Changes.** A PIN change re-seals ``pin`` with the binding opened by the
 old PIN; an unblock or a new PUK authorised by the administrator key opens
@@ -49,7 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -66,20 +69,12 @@ from applets.gids.state import (
     random_serial,
 )
 from applets.piv.keys import PinPolicy
-from vsc.apdu import CommandApdu
-from vsc.applet import Response
 from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
 
 from .application import held_application, require_application
 from .card import CARD, StoredCard, bound
-from .errors import (
-    AuthFailed,
-    BackendUnavailable,
-    BindingLocked,
-    CorruptStore,
-    LockedOut,
-)
-from .events import reporting
+from .errors import BindingLocked, CorruptStore
+from .pinbinding import ADMIN_ROLE, PinBindingApplet, PinBindingData
 from .piv import StoredKeyStore
 
 __all__ = [
@@ -97,7 +92,6 @@ __all__ = [
 
 #: The binding sealed under the PIN (role "pin"), the PUK ("puk") and the admin key.
 BINDING = "gids"
-ADMIN_ROLE = "admin"
 RECORD = "gids/record"
 _FILE_PREFIX = "gids/file/"
 _KEY_PREFIX = "gids/key/"
@@ -195,80 +189,42 @@ class StoredGidsStore:
         return record
 
 
-class StoredGidsData(GidsData):
+class StoredGidsData(PinBindingData[GidsRecord, Reference], GidsData):
     """GIDS data whose PIN and PUK are checked by the backend through the PIN binding."""
+
+    binding = BINDING
+    admin_key_name = "administrator key"
+    _roles = _ROLES
 
     def __init__(self, card: StoredCard, record: GidsRecord, store: StoredGidsStore) -> None:
         super().__init__(record, store=store)
         self._card = card
         self._stored = store
 
-    @contextlib.contextmanager
-    def _group(self) -> Iterator[None]:
-        """Changes to the binding and the record, committed together or not at all."""
-        before = self.record
-        try:
-            with self._card.transaction():
-                yield
-        except BaseException:
-            self._record = before
-            self._stored.forget(before)
-            raise
-
-    # -- the PIN binding ------------------------------------------------------------
-
     def matches(self, ref: Reference, candidate: bytes) -> bool:
-        """Whether ``candidate`` unseals the binding's role (the backend compares).
-
-        The applet has already committed the decremented counter. A try the
-        anti-hammering refused without comparing is given back: ``6985``.
-        """
+        """Whether ``candidate`` is the PIN or PUK: the record's value while the card is
+        being personalised, then whether it unseals the binding's role (the backend
+        compares; a try it refused without comparing is given back, see
+        :mod:`vsc.store.pinbinding`)."""
         if self.state is LifeCycle.CREATION:
             return super().matches(ref, candidate)
-        try:
-            self._card.unlock(BINDING, _ROLES[ref], candidate)
-        except KeyError:
-            raise CorruptStore(f"the {ref.name} has no seal in binding {BINDING!r}") from None
-        except AuthFailed:
-            return False
-        except LockedOut as e:
-            self._give_back(ref)
-            raise ConditionsNotSatisfied(f"{ref.name} not checked: {e}") from None
-        except BackendUnavailable as e:
-            if not e.compared:  # a TPM outage must not block the PIN
-                self._give_back(ref)
-            raise
-        return True
+        return self._unseal(ref, candidate)
 
-    def _give_back(self, ref: Reference) -> None:
+    def _with_try_back(self, ref: Reference) -> GidsRecord:
         secret = self.secret(ref)
         assert secret is not None
         tries = secret.tries
         restored = replace(tries, remaining=min(tries.maximum, tries.remaining + 1))
-        with self._card.giving_back():
-            self.commit(self.record.with_secret(ref, replace(secret, tries=restored)))
+        return self.record.with_secret(ref, replace(secret, tries=restored))
 
-    @contextlib.contextmanager
-    def _opened(self, *, by_admin: bool) -> Iterator[None]:
+    def _opened(self, *, by_admin: bool) -> contextlib.AbstractContextManager[None]:
         """The binding open for a change: already (PIN or PUK checked), or by the admin role."""
-        if self._card.is_unlocked(BINDING):
-            yield
-            return
         key = self.record.admin_key
-        if not by_admin or key is None or key.secret is None:
-            raise SecurityStatusNotSatisfied("this change needs the PIN binding open")
-        try:
-            self._card.unlock(BINDING, ADMIN_ROLE, admin_secret(key.secret))
-        except KeyError:
-            raise ConditionsNotSatisfied("this card's binding has no administrator role") from None
-        except AuthFailed:
-            raise CorruptStore("the admin role does not match the administrator key") from None
-        except LockedOut as e:
-            raise ConditionsNotSatisfied(f"the admin role was not checked: {e}") from None
-        try:
-            yield
-        finally:
-            self._card.lock(BINDING)
+        if by_admin and key is not None and key.secret is not None:
+            return self._opened_by_admin(admin_secret(key.secret))
+        if self._card.is_unlocked(BINDING):
+            return contextlib.nullcontext()
+        raise SecurityStatusNotSatisfied("this change needs the PIN binding open")
 
     def set_secret(
         self, ref: Reference, value: bytes, maximum: int | None = None, *, by_admin: bool = False
@@ -318,42 +274,6 @@ class StoredGidsData(GidsData):
 # -- the applet -----------------------------------------------------------------------------
 
 
-class StoredGidsApplet(GidsApplet):
-    """The GIDS applet of a stored card: locks the PIN binding when no channel has the PIN."""
-
-    def __init__(self, card: StoredCard, data: StoredGidsData) -> None:
-        self.stored_card = card
-        self._sessions: list[Session] = []
-        #: The applet's key store, as stored (how each key is authorised, for reports).
-        self.stored_keys = StoredGidsKeyStore(card)
-        super().__init__(self.stored_keys, data=data)
-
-    def new_session(self) -> Session:
-        session = super().new_session()
-        self._sessions.append(session)
-        return session
-
-    def deselect(self, session: Session) -> None:
-        try:
-            super().deselect(session)
-        finally:
-            self._sessions = [s for s in self._sessions if s is not session]
-            self._relock()
-
-    def process(self, apdu: CommandApdu, session: Session) -> bytes | Response:
-        try:
-            with reporting(self.stored_card, _COMMAND_EVENTS, apdu):
-                return super().process(apdu, session)
-        finally:
-            self._relock()
-
-    def _relock(self) -> None:
-        # A session only loses PIN status behind the binding's back, never gains it; one
-        # of an older epoch (an unblock since) has lost it already.
-        if not any(s.pin_verified and s.epoch == self._epoch for s in self._sessions):
-            self.stored_card.lock(BINDING)
-
-
 #: The security events of GIDS commands the applet does not report itself
 #: (vsc.store.events): CHANGE REFERENCE DATA with the old value (P1 00) or without (01),
 #: RESET RETRY COUNTER with the PUK, with a new PIN (P1 00) or without (01).
@@ -365,6 +285,19 @@ _COMMAND_EVENTS = {
     },
     **{(0x2C, p1, 0x80): "puk-unblock" for p1 in (0x00, 0x01)},
 }
+
+
+class StoredGidsApplet(PinBindingApplet[Session, int], GidsApplet):
+    """The GIDS applet of a stored card: locks the PIN binding when no channel has the PIN."""
+
+    binding = BINDING
+    command_events = _COMMAND_EVENTS
+
+    def __init__(self, card: StoredCard, data: StoredGidsData) -> None:
+        self._track(card)
+        #: The applet's key store, as stored (how each key is authorised, for reports).
+        self.stored_keys = StoredGidsKeyStore(card)
+        super().__init__(self.stored_keys, data=data)
 
 
 def has_gids(card: StoredCard) -> bool:

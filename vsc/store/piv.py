@@ -31,12 +31,17 @@ anti-hammering refused without comparing (lockout) is given back and
 answered ``6985`` (temporary; ``6983`` would send clients to the PUK). The
 record keeps only whether each value is still the factory default (GET
 METADATA reports it), as the default value itself; anything else is stored
-as an empty placeholder.
+as an empty placeholder. The last wrong try of either is reported here
+(``pin-blocked``, ``puk-blocked``), whichever command spent it.
 
 **Binding lifetime.** A successful VERIFY (or PUK check) unlocks the
 binding, so the PIN-protected keys can be used; :class:`StoredPivApplet`
 locks it again after every command and every session end (power off,
 reset, another SELECT) that leaves no channel with the PIN verified.
+Checking a value, giving a try back, opening the ``admin`` role and
+relocking work as for GIDS, in :mod:`vsc.store.pinbinding`; this module
+keeps what is PIV's own (the binding's name and roles, the record, the
+sessions' epochs).
 Keys the applet lets anyone use (PIN policy NEVER, the F9 attestation key)
 are card-encrypted: they work without a PIN, and are readable by whoever
 can read the card key (see ``docs/security.md``).
@@ -64,7 +69,7 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -104,21 +109,12 @@ from applets.piv.state import (
     RetryCounter,
     random_serial,
 )
-from vsc.apdu import CommandApdu
-from vsc.applet import Response
-from vsc.sw import ConditionsNotSatisfied, SecurityStatusNotSatisfied
+from vsc.sw import SecurityStatusNotSatisfied
 
 from .application import require_application
 from .card import CARD, StoredCard, bound
-from .errors import (
-    AuthFailed,
-    BackendUnavailable,
-    BindingLocked,
-    CorruptStore,
-    LockedOut,
-    StoreError,
-)
-from .events import reporting
+from .errors import BindingLocked, CorruptStore, StoreError
+from .pinbinding import ADMIN_ROLE, PinBindingApplet, PinBindingData
 from .tpmkeys import KeyAuth, Placement, decode_record, is_tpm_record
 
 __all__ = [
@@ -138,8 +134,6 @@ log = logging.getLogger(__name__)
 
 #: The binding sealed under the PIN (role "pin") and the PUK (role "puk").
 BINDING = "piv"
-#: The binding's role of a managed card's management key (PIN reset by the admin).
-ADMIN_ROLE = "admin"
 RECORD = "piv/record"
 _OBJECT_PREFIX = "piv/object/"
 _SLOT_PREFIX = "piv/slot/"
@@ -524,53 +518,36 @@ class StoredPivStore:
         return record
 
 
-class StoredPivData(PivData):
+class StoredPivData(PinBindingData[PivRecord, Reference], PivData):
     """PIV data whose PIN and PUK are checked by the backend through the PIN binding."""
+
+    binding = BINDING
+    admin_key_name = "management key"
+    _roles = _ROLES
 
     def __init__(self, card: StoredCard, record: PivRecord, store: StoredPivStore) -> None:
         super().__init__(record, store=store)
         self._card = card
         self._stored = store
 
-    @contextlib.contextmanager
-    def _group(self) -> Iterator[None]:
-        """Changes to the binding and the record, committed together or not at all."""
-        before = self.record
-        try:
-            with self._card.transaction():
-                yield
-        except BaseException:
-            self._record = before
-            self._stored.forget(before)
-            raise
-
     def matches(self, ref: Reference, candidate: bytes) -> bool:
         """Whether ``candidate`` unseals the binding's ``ref`` role (the backend compares).
 
-        The applet has already committed the decremented counter. A try the
-        anti-hammering refused without comparing is given back: ``6985``.
+        A try the anti-hammering refused without comparing is given back
+        (:mod:`vsc.store.pinbinding`); the wrong try that blocks the PIN or PUK
+        is reported here, whether VERIFY, CHANGE REFERENCE DATA or RESET RETRY
+        COUNTER spent it.
         """
-        try:
-            self._card.unlock(BINDING, _ROLES[ref], candidate)
-        except AuthFailed:
-            if self.tries(ref).remaining == 0:  # that was the last try, whichever path
-                self._card.report(f"{ref.name.lower()}-blocked", {"outcome": "refused"})
-            return False
-        except LockedOut as e:
-            self._give_back(ref)  # (the store reported the lockout)
-            raise ConditionsNotSatisfied(f"{ref.name} not checked: {e}") from None
-        except BackendUnavailable as e:
-            if not e.compared:  # a TPM outage must not block the PIN
-                self._give_back(ref)
-            raise
-        return True
+        if self._unseal(ref, candidate):
+            return True
+        if self.tries(ref).remaining == 0:  # that was the last try, whichever path
+            self._card.report(f"{ref.name.lower()}-blocked", {"outcome": "refused"})
+        return False
 
-    def _give_back(self, ref: Reference) -> None:
-        """Restore the try the applet spent on a comparison that never happened."""
+    def _with_try_back(self, ref: Reference) -> PivRecord:
         tries = self.tries(ref)
         restored = RetryCounter(tries.maximum, min(tries.maximum, tries.remaining + 1))
-        with self._card.giving_back():
-            self.commit(self.record.with_secret(ref, tries=restored))
+        return self.record.with_secret(ref, tries=restored)
 
     def set_secret(self, ref: Reference, value: bytes) -> None:
         """Re-seal the binding under the new value (the old blob is destroyed)."""
@@ -632,26 +609,11 @@ class StoredPivData(PivData):
 
     def unlock_as_admin(self) -> None:
         """Open the binding with the management key (already authenticated by the caller)."""
-        try:
-            self._card.unlock(BINDING, ADMIN_ROLE, admin_secret(self.management_key))
-        except KeyError:
-            raise ConditionsNotSatisfied("this card's PIN cannot be reset by its admin") from None
-        except AuthFailed:
-            raise CorruptStore("the admin role does not match the management key") from None
-        except LockedOut as e:
-            raise ConditionsNotSatisfied(f"the admin role was not checked: {e}") from None
+        self._unlock_admin(admin_secret(self.management_key))
 
-    @contextlib.contextmanager
-    def as_admin(self) -> Iterator[None]:
+    def as_admin(self) -> contextlib.AbstractContextManager[None]:
         """The binding opened by the admin role for a change; closed again unless it was open."""
-        was_open = self._card.is_unlocked(BINDING)
-        try:
-            if not was_open:
-                self.unlock_as_admin()
-            yield
-        finally:
-            if not was_open:
-                self._card.lock(BINDING)
+        return self._opened_by_admin(admin_secret(self.management_key))
 
     def reset_pin_as_admin(self, value: bytes) -> None:
         """The PIN re-sealed under ``value`` through the admin role (the keys stay usable)."""
@@ -671,44 +633,6 @@ class StoredPivData(PivData):
 # -- the applet -----------------------------------------------------------------------------
 
 
-class StoredPivApplet(PivApplet):
-    """The PIV applet of a stored card: locks the PIN binding when no channel has the PIN."""
-
-    def __init__(self, card: StoredCard, data: StoredPivData) -> None:
-        self.stored_card = card
-        self._sessions: list[SecurityState] = []
-        #: The applet's key store, as stored (how each key is authorised, for reports).
-        self.stored_keys = StoredKeyStore(card)
-        super().__init__(self.stored_keys, data=data)
-
-    def new_session(self) -> SecurityState:
-        session = super().new_session()
-        self._sessions.append(session)
-        return session
-
-    def deselect(self, session: SecurityState) -> None:
-        try:
-            super().deselect(session)
-        finally:
-            self._sessions = [s for s in self._sessions if s is not session]
-            self._relock()
-
-    def process(self, apdu: CommandApdu, session: SecurityState) -> bytes | Response:
-        try:
-            with reporting(self.stored_card, _COMMAND_EVENTS, apdu):
-                return super().process(apdu, session)
-        finally:
-            self._relock()
-
-    def _relock(self) -> None:
-        # Sessions only ever lose PIN status without the binding noticing, never gain
-        # it: a stale "verified" of another channel keeps the key at most until that
-        # channel's next command or the end of its session. A session of an older PIN
-        # epoch (PIN replaced, card locked) has lost it already.
-        if not any(s.pin_verified and s.epoch == self._epoch for s in self._sessions):
-            self.stored_card.lock(BINDING)
-
-
 #: The security events of PIV commands the applet does not report itself (vsc.store.events).
 _COMMAND_EVENTS = {
     (0x24, 0x00, 0x80): "pin-change",
@@ -717,6 +641,19 @@ _COMMAND_EVENTS = {
     # SET MANAGEMENT KEY; P1 is the touch policy.
     **{(0xFF, p1, 0xFF): "admin-key-change" for p1 in (0xFF, 0xFE, 0xFD)},
 }
+
+
+class StoredPivApplet(PinBindingApplet[SecurityState, tuple[int, int]], PivApplet):
+    """The PIV applet of a stored card: locks the PIN binding when no channel has the PIN."""
+
+    binding = BINDING
+    command_events = _COMMAND_EVENTS
+
+    def __init__(self, card: StoredCard, data: StoredPivData) -> None:
+        self._track(card)
+        #: The applet's key store, as stored (how each key is authorised, for reports).
+        self.stored_keys = StoredKeyStore(card)
+        super().__init__(self.stored_keys, data=data)
 
 
 def open_piv(
