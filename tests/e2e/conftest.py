@@ -19,6 +19,7 @@ from typing import Protocol
 
 import pytest
 
+from applets.piv import PivProfile
 from vsc.testing import EmulatorProcess, HarnessError, HarnessTimeout, PcscdEnv, skip_reason
 from vsc.testing.emulator_proc import EMULATOR_MODULE
 from vsc.testing.plugin import running_in_ci, unavailable
@@ -30,6 +31,28 @@ CARD_TIMEOUT = 10.0
 
 _E2E_DIR = Path(__file__).parent
 _LOG_SOURCES = pytest.StashKey[list[PcscdEnv | EmulatorProcess]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "yubikey_only: a test of a Yubico extension in a class with PROFILES: generated for "
+        "the class's YubiKey profiles only",
+    )
+
+
+@pytest.hookimpl(trylast=True)  # after the tests' own parametrize marks: ids end in the profile
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A class that names its card profiles (``PROFILES``, e.g. test_piv_tools.py's) gets
+    its class-scoped ``piv_card`` fixture parametrized with them; a test marked
+    ``yubikey_only`` with the YubiKey ones only. Only tests that run are generated.
+    """
+    profiles: Sequence[PivProfile] | None = getattr(metafunc.cls, "PROFILES", None)
+    if profiles is None or "piv_card" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("yubikey_only") is not None:
+        profiles = [profile for profile in profiles if profile.is_yubikey]
+    metafunc.parametrize("piv_card", profiles, ids=lambda p: p.name, indirect=True, scope="class")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,7 +7,9 @@ decryptions compared with the plaintext, keys the card holds compared through
 GET METADATA or attestation, attestations verified against the card's F9
 certificate.
 
-Every class runs per card profile (docs/piv.md, "Profiles"): the YubiKey 5.4
+Every class runs per card profile it names in ``PROFILES`` (docs/piv.md,
+"Profiles"; conftest.py parametrizes the class's card with them, and a test
+marked ``yubikey_only`` with the YubiKeys among them only): the YubiKey 5.4
 and 5.7 and the plain PIV card, where OpenSC takes its generic PIV path and
 the Yubico-only commands of the tools fail as they do on a government card.
 yubico-piv-tool 2.2.0 knows only 3DES management keys: against a YubiKey 5.7
@@ -31,7 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -68,10 +70,10 @@ OPENSC_PIV_GENERIC = 14001
 OPENSC_PIV_YUBIKEY = 14004
 #: piv-tool -A's algorithm byte for each management key type.
 _PIV_TOOL_ALGORITHM = {ManagementKeyType.TDES: "03", ManagementKeyType.AES192: "0A"}
-#: Every profile, and the YubiKeys only (ykman's world).
-ALL_PROFILES = pytest.mark.parametrize(
-    "piv_card", [YUBIKEY_5_4, YUBIKEY_5_7, PIV], ids=lambda p: p.name, indirect=True, scope="class"
-)
+#: The profiles a class runs on (its ``PROFILES``, conftest.py parametrizes ``piv_card``
+#: with them): every profile, or the YubiKeys only (ykman's world).
+ALL_PROFILES: tuple[PivProfile, ...] = (YUBIKEY_5_4, YUBIKEY_5_7, PIV)
+YUBIKEYS: tuple[PivProfile, ...] = (YUBIKEY_5_4, YUBIKEY_5_7)
 
 
 # -- running things ---------------------------------------------------------------------
@@ -329,17 +331,13 @@ class PivCard:
 _TRACE_LINE = re.compile(r"vsc\.apdu: \[\d+\] ([<>]) (.*)$")
 
 
-CardArgs = Callable[[PivProfile], "list[str] | None"]
-
-
 @pytest.fixture(scope="class")
-def card_args() -> CardArgs:
-    """Extra emulator arguments for the class's card of a profile (none: a factory card in
-    memory; None: the class does not run on that profile here).
+def card_args() -> list[str]:
+    """Extra emulator arguments for the class's card (none: a factory card in memory).
 
     tests/e2e/test_tpm_tools.py overrides it to run these classes on a TPM card.
     """
-    return lambda profile: []
+    return []
 
 
 @pytest.fixture(scope="class")
@@ -347,7 +345,7 @@ def piv_card(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     e2e_available: None,
-    card_args: CardArgs,
+    card_args: list[str],
 ) -> Iterator[PivCard]:
     """A private pcscd with ``python -m vsc.emulator -vv`` serving a factory card of the
     profile the class is parametrized with.
@@ -360,12 +358,11 @@ def piv_card(
     for name in tools:
         program(name)
     profile: PivProfile = request.param
-    extra = card_args(profile)
-    if extra is None:
-        pytest.skip(f"this module runs its classes on other profiles than {profile.name}")
     with (
         PcscdEnv() as pcscd,
-        EmulatorProcess(pcscd.vpcd_port(0), "-vv", "--profile", profile.name, *extra) as emulator,
+        EmulatorProcess(
+            pcscd.vpcd_port(0), "-vv", "--profile", profile.name, *card_args
+        ) as emulator,
     ):
         pcscd.wait_for_card(
             pcscd.reader(0), present=True, timeout=CARD_TIMEOUT, check=emulator.check_running
@@ -388,8 +385,8 @@ def card(request: pytest.FixtureRequest, piv_card: PivCard) -> PivCard:
 # -- OpenSC: opensc-tool and piv-tool ----------------------------------------------------------
 
 
-@ALL_PROFILES
 class TestOpenSC:
+    PROFILES = ALL_PROFILES
     TOOLS = ("opensc-tool", "piv-tool")
 
     def test_opensc_tool_names_a_piv_card(self, card: PivCard) -> None:
@@ -442,19 +439,12 @@ class TestOpenSC:
 # -- yubico-piv-tool ------------------------------------------------------------------------
 
 
-def yubikey_only(card: PivCard, what: str) -> None:
-    """Skip on the plain PIV card: ``what`` uses a Yubico extension it lacks (6D00, tested
-    by the test that checks the tool's refusal)."""
-    if not card.yubikey:
-        pytest.skip(f"{what}: a Yubico extension, absent on a plain PIV card")
-
-
 def version_text(profile: PivProfile) -> str:
     return ".".join(map(str, profile.version or ()))
 
 
-@ALL_PROFILES
 class TestYubicoPivTool:
+    PROFILES = ALL_PROFILES
     TOOLS = ("yubico-piv-tool", "openssl", "opensc-tool", "ykman")
     TDES_KEY = True
 
@@ -529,10 +519,10 @@ class TestYubicoPivTool:
         assert meta[0x03] == META_ORIGIN_IMPORTED
         assert metadata_public_key(meta[0x04]) == der_public_key(key)
 
+    @pytest.mark.yubikey_only  # import-key is Yubico's; test_import_key has the PIV refusal
     def test_imported_key_signs(self, card: PivCard) -> None:
         # The card uses the imported key: a raw ECDSA GENERAL AUTHENTICATE in 9E
         # (PIN policy never) verifies with openssl against the openssl-made key.
-        yubikey_only(card, "import-key")
         key = card.path("import-sign.key")
         openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
         card.yubico("-a", "import-key", "-s", "9e", "-i", key)
@@ -774,8 +764,8 @@ def provisioned(piv_card: PivCard) -> dict[str, Path]:
     return public_keys
 
 
-@ALL_PROFILES
 class TestPkcs11Tool:
+    PROFILES = ALL_PROFILES
     TOOLS: tuple[str, ...] = ("pkcs11-tool", "yubico-piv-tool", "openssl", "ykman")
     TDES_KEY = True
 
@@ -935,10 +925,8 @@ class TestPkcs11Tool:
 # -- ykman ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "piv_card", [YUBIKEY_5_4, YUBIKEY_5_7], ids=lambda p: p.name, indirect=True, scope="class"
-)
 class TestYkman:
+    PROFILES = YUBIKEYS
     TOOLS = ("ykman", "openssl", "yubico-piv-tool")
 
     def test_piv_info(self, card: PivCard) -> None:

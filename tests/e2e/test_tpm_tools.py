@@ -30,7 +30,6 @@ from .conftest import CARD_TIMEOUT, StartEmulator, unavailable
 from .test_piv_tools import (  # the class fixtures, resolved against card_args below
     PIN,
     PKCS11_KEYS,
-    CardArgs,
     PivCard,
     card,
     piv_card,
@@ -45,13 +44,13 @@ __all__ = ["card", "piv_card", "provisioned"]
 TPM_LOCATION = b"\x01"
 
 
-#: The profile these classes run on with a TPM card (test_piv_tools runs every profile
+#: The profiles these classes run on with a TPM card (test_piv_tools runs every profile
 #: in memory; the key store under them is the same for all).
-TPM_PROFILE = DEFAULT_PROFILE
+TPM_PROFILES = (DEFAULT_PROFILE,)
 
 
 @pytest.fixture(scope="class")
-def card_args(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CardArgs]:
+def card_args(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """A stored card on a private swtpm (requested before the emulator: it outlives it)."""
     reason = swtpm_skip_reason()
     if reason is not None:
@@ -61,23 +60,23 @@ def card_args(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CardArgs]:
     store = tmp_path_factory.mktemp("tpm-store")
     with Swtpm() as tpm:
         Tpm(tpm.tcti).set_da_parameters(DaParameters(32, 7200, 86400), lockout_auth=b"")
-        args = ["--card", "tpm", "--store", str(store), "--tpm", tpm.tcti]
-        yield lambda profile: args if profile == TPM_PROFILE else None
+        yield ["--card", "tpm", "--store", str(store), "--tpm", tpm.tcti]
 
 
 class TestOpenSCOnTpm(base.TestOpenSC):
-    pass
+    PROFILES = TPM_PROFILES
 
 
 class TestYubicoPivToolOnTpm(base.TestYubicoPivTool):
-    pass
+    PROFILES = TPM_PROFILES
 
 
 class TestYkmanOnTpm(base.TestYkman):
-    pass
+    PROFILES = TPM_PROFILES
 
 
 class TestPkcs11ToolOnTpm(base.TestPkcs11Tool):
+    PROFILES = TPM_PROFILES
     TOOLS = (*base.TestPkcs11Tool.TOOLS, "ssh-keygen", "ssh-agent", "ssh-add")
 
     def test_every_key_lives_in_the_tpm(self, card: PivCard, provisioned: dict[str, Path]) -> None:
