@@ -19,8 +19,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from yubikit.core import TRANSPORT
+from yubikit.core.smartcard import SmartCardConnection
+from yubikit.piv import DEFAULT_MANAGEMENT_KEY, OBJECT_ID, PivSession
 
-from vsc.testing.plugin import CardSpec, pcscd_problem, swtpm_problem, unavailable
+from vsc.testing.plugin import CardSpec, VscReader, pcscd_problem, swtpm_problem, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "testing.md"
@@ -89,7 +92,9 @@ def gone(pid: int, timeout: float = 10.0) -> bool:
 def test_the_documented_examples_pass_in_parallel(prerequisites: None, tmp_path: Path) -> None:
     examples = documented_examples()
     assert {"test_yubikit_inproc.py", "test_c_client.py", "test_tpm_card.py"} <= set(examples)
-    assert {"test_fuzz_properties.py", "test_card_profiles.py"} <= set(examples)
+    assert {"test_fuzz_properties.py", "test_card_profiles.py", "test_usb_reader.py"} <= set(
+        examples
+    )
     for name, text in examples.items():
         (tmp_path / name).write_text(text)
     junit = tmp_path / "junit.xml"
@@ -288,3 +293,63 @@ def test_the_profile_parameter_chooses_the_card(vsc_card: object, profile: str) 
     else:
         assert vsc_card.transmit(bytes.fromhex("00FD000000")) == bytes.fromhex(version + "9000")
         assert vsc_card.transmit(bytes.fromhex("00F8000000")) == serial + b"\x90\x00"
+
+
+class _Recording(SmartCardConnection):
+    """A yubikit connection that keeps the APDUs sent through it."""
+
+    def __init__(self, inner: SmartCardConnection) -> None:
+        self.inner = inner
+        self.sent: list[bytes] = []
+
+    @property
+    def transport(self) -> TRANSPORT:
+        return self.inner.transport
+
+    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
+        self.sent.append(bytes(apdu))
+        return self.inner.send_and_receive(apdu)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize(
+    ("vsc_card", "transport"),
+    [
+        pytest.param({}, TRANSPORT.NFC, id="default"),
+        pytest.param({"transport": "usb"}, TRANSPORT.USB, id="usb"),
+    ],
+    indirect=["vsc_card"],
+)
+def test_the_transport_option_gives_yubikit_the_usb_path(
+    vsc_reader: VscReader, transport: TRANSPORT
+) -> None:
+    """yubikit through pcscd, as ykman opens a device: the reader's name and the card's ATR
+    make it a YubiKey on USB (one extended APDU for 1 KiB of PUT DATA) or, by default, on
+    NFC (short APDUs, chained)."""
+    from ykman.pcsc import list_devices
+
+    vsc_reader.use_in_process()
+    (device,) = list_devices(vsc_reader.name)  # type: ignore[no-untyped-call]
+    assert device.transport == transport
+    data = bytes(range(256)) * 4
+    with device.open_connection(SmartCardConnection) as connection:
+        recording = _Recording(connection)
+        assert recording.transport == transport
+        piv = PivSession(recording)
+        piv.authenticate(DEFAULT_MANAGEMENT_KEY)
+        piv.put_object(OBJECT_ID.AUTHENTICATION, data)
+        assert piv.get_object(OBJECT_ID.AUTHENTICATION) == data
+
+    put = [apdu for apdu in recording.sent if apdu[1] == 0xDB]
+    if transport == TRANSPORT.USB:
+        assert len(put) == 1 and put[0][4] == 0 and len(put[0]) > len(data), put
+    else:
+        assert len(put) > 1 and all(len(apdu) <= 5 + 255 for apdu in put), put
+        assert all(apdu[0] & 0x10 for apdu in put[:-1]) and not put[-1][0] & 0x10
+
+
+def test_an_unknown_transport_is_a_usage_error() -> None:
+    with pytest.raises(pytest.UsageError, match="transport 'bluetooth'"):
+        CardSpec.of({"transport": "bluetooth"})

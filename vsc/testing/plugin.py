@@ -18,7 +18,10 @@ Fixtures (all function-scoped, so every test starts from a factory card):
 * ``vsc_reader`` -- the card in a private pcscd's reader through vpcd
   (:class:`VscReader`: ``name``, ``env`` for a subprocess client, ``run``);
   pcscd runs in its own mount namespace on random ports, so parallel runs
-  (pytest-xdist) do not collide;
+  (pytest-xdist) do not collide. ``transport="usb"`` in the card's spec
+  makes it a YubiKey on USB to ykman and yubikit (a reader named like a
+  YubiKey's CCID interface, the USB ATR); by default it is one on NFC (the
+  reader "Virtual PCD");
 * ``vsc_tpm`` -- a private swtpm (:class:`vsc.testing.swtpm.Swtpm`; ``tcti``);
 * ``vsc_store`` -- a temporary card store (:class:`vsc.store.CardStore`).
 
@@ -54,10 +57,20 @@ if TYPE_CHECKING:
     from vsc.card import Card
     from vsc.store import CardStore
 
-__all__ = ["BACKENDS", "CardSpec", "VscReader", "running_in_ci", "unavailable"]
+__all__ = [
+    "BACKENDS",
+    "TRANSPORTS",
+    "CardSpec",
+    "VscReader",
+    "reader_friendly_name",
+    "running_in_ci",
+    "unavailable",
+]
 
 #: Where ``vsc_card`` keeps the card: in memory, or in ``vsc_store`` under a protection backend.
 BACKENDS = ("memory", "plain", "software", "tpm")
+#: How the card is attached, as yubikit's TRANSPORT says it (applets.cards.Transport's values).
+TRANSPORTS = ("nfc", "usb")
 #: Seconds to wait for pcscd to see the card (it polls about every 400 ms).
 CARD_TIMEOUT = 10.0
 
@@ -99,17 +112,24 @@ class CardSpec:
     ``backend``: ``memory`` (no store), or a stored card protected by
     ``plain`` (nothing; tests only), ``software`` (a key file) or ``tpm``
     (``vsc_tpm``). ``profile``: a card profile name, None for the default
-    card. ``serial``: fixed, or None for a random one.
+    card. ``serial``: fixed, or None for a random one. ``transport``: how a
+    YubiKey is attached, ``nfc`` or ``usb``: its ATR, the transport
+    ``vsc_connection`` reports, and the name of ``vsc_reader``'s reader
+    (ykman and yubikit take the USB path only for a reader named like a
+    YubiKey's).
     """
 
     backend: str = "memory"
     profile: str | None = None
     serial: int | None = None
     name: str = "card"
+    transport: str = "nfc"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise pytest.UsageError(f"vsc_card backend {self.backend!r}: one of {BACKENDS}")
+        if self.transport not in TRANSPORTS:
+            raise pytest.UsageError(f"vsc_card transport {self.transport!r}: one of {TRANSPORTS}")
 
     @property
     def stored(self) -> bool:
@@ -129,6 +149,10 @@ class CardSpec:
                 raise pytest.UsageError(f"vsc_card: unknown options {sorted(unknown)}")
             return cls(**value)
         raise pytest.UsageError(f"vsc_card: cannot make a card of {value!r}")
+
+
+#: The spec ``vsc_card`` built its card from, for the fixtures that serve that card.
+_SPEC = pytest.StashKey[CardSpec]()
 
 
 def _spec(request: pytest.FixtureRequest) -> CardSpec:
@@ -159,12 +183,14 @@ def _check_profile(spec: CardSpec) -> None:
 
 
 def _memory_card(spec: CardSpec) -> Card:
+    from applets.cards import Transport
     from vsc import emulator
 
     _check_profile(spec)
+    transport = Transport(spec.transport)
     if spec.profile is None:
-        return emulator.default_card(spec.serial)
-    return emulator.default_card(spec.serial, profile=spec.profile)
+        return emulator.default_card(spec.serial, transport=transport)
+    return emulator.default_card(spec.serial, profile=spec.profile, transport=transport)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -173,8 +199,8 @@ def _memory_card(spec: CardSpec) -> Card:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "vsc_card(backend='memory', profile=None, serial=None): the card vsc_card builds "
-        f"(backends: {', '.join(BACKENDS)})",
+        "vsc_card(backend='memory', profile=None, serial=None, transport='nfc'): the card "
+        f"vsc_card builds (backends: {', '.join(BACKENDS)}; transports: {', '.join(TRANSPORTS)})",
     )
 
 
@@ -205,10 +231,12 @@ def vsc_tpm() -> Iterator[_swtpm.Swtpm]:
 def vsc_card(request: pytest.FixtureRequest) -> Iterator[Card]:
     """A factory PIV card in this process (see the module docstring for choosing one)."""
     spec = _spec(request)
+    request.node.stash[_SPEC] = spec
     if not spec.stored:
         yield _memory_card(spec)
         return
     _check_profile(spec)
+    from applets.cards import Transport
     from applets.piv import PROFILES
     from vsc.emulator import open_card
     from vsc.store import BackendSpec, create_key_file
@@ -224,7 +252,12 @@ def vsc_card(request: pytest.FixtureRequest) -> Iterator[Card]:
         backend = BackendSpec.plain()
     profile = None if spec.profile is None else PROFILES[spec.profile]
     card, stored = open_card(
-        spec.name, backend, store=store.root, profile=profile, serial=spec.serial
+        spec.name,
+        backend,
+        store=store.root,
+        profile=profile,
+        serial=spec.serial,
+        transport=Transport(spec.transport),
     )
     try:
         yield card
@@ -232,12 +265,19 @@ def vsc_card(request: pytest.FixtureRequest) -> Iterator[Card]:
         stored.close()
 
 
-@pytest.fixture
-def vsc_connection(vsc_card: Card) -> Iterator[SmartCardConnection]:
-    """``vsc_card`` as yubikit's SmartCardConnection (``PivSession(vsc_connection)``)."""
-    from vsc.inproc import YubikitConnection
+def _card_spec(request: pytest.FixtureRequest) -> CardSpec:
+    """The spec of the test's ``vsc_card`` (requested first, by the fixture's signature)."""
+    spec: CardSpec = request.node.stash.get(_SPEC, CardSpec())
+    return spec
 
-    connection = YubikitConnection(vsc_card)
+
+@pytest.fixture
+def vsc_connection(request: pytest.FixtureRequest, vsc_card: Card) -> Iterator[SmartCardConnection]:
+    """``vsc_card`` as yubikit's SmartCardConnection (``PivSession(vsc_connection)``), on the
+    card's transport (NFC: short APDUs and chaining; USB: extended APDUs)."""
+    from vsc.inproc import TRANSPORT, YubikitConnection
+
+    connection = YubikitConnection(vsc_card, TRANSPORT(_card_spec(request).transport))
     try:
         yield connection
     finally:
@@ -271,15 +311,30 @@ class VscReader:
         self.pcscd.use_in_process()
 
 
+def reader_friendly_name(transport: str) -> str:
+    """The reader's name for a card on ``transport``: a YubiKey's USB CCID interface, or vpcd's.
+
+    ykman and yubikit decide USB or NFC by the reader's name (and the card's ATR).
+    """
+    from applets.cards import YUBIKEY_READER_NAME
+
+    return YUBIKEY_READER_NAME if transport == "usb" else _pcscd.FRIENDLY_NAME
+
+
 @pytest.fixture
-def vsc_reader(vsc_card: Card) -> Iterator[VscReader]:
-    """``vsc_card`` served through vpcd into a private pcscd (see :class:`VscReader`)."""
+def vsc_reader(request: pytest.FixtureRequest, vsc_card: Card) -> Iterator[VscReader]:
+    """``vsc_card`` served through vpcd into a private pcscd (see :class:`VscReader`); the
+    reader is named for the card's transport (:func:`reader_friendly_name`)."""
     problem = pcscd_problem()
     if problem is not None:
         unavailable(problem)
     from vsc.emulator import Emulator
 
-    with _pcscd.PcscdEnv() as pcscd, contextlib.ExitStack() as stack:
+    friendly_name = reader_friendly_name(_card_spec(request).transport)
+    with (
+        _pcscd.PcscdEnv(friendly_name=friendly_name) as pcscd,
+        contextlib.ExitStack() as stack,
+    ):
         emulator = Emulator([vsc_card], host="127.0.0.1", port=pcscd.vpcd_port(0))
         stack.enter_context(emulator)
         name = pcscd.reader(0)
