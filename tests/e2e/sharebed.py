@@ -43,7 +43,7 @@ from cryptography.x509.oid import NameOID
 import vsc.testing.pcscd as pcscd_module
 from vsc.share.events import read_events
 from vsc.testing import EmulatorProcess, HarnessError, PcscdEnv
-from vsc.testing.pcscd import die_with_parent_argv, stop_process
+from vsc.testing.process import die_with_parent_argv, stop_process
 from vsc.testing.tools import find_pkcs11_module
 
 PIN = "123456"

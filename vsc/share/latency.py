@@ -16,10 +16,8 @@ For ``benchmarks/`` -- never assert on these numbers in tests.
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -94,60 +92,41 @@ def measure_relay_latency(
     if apdus < 1 or warmup < 0:
         raise ValueError("need apdus >= 1 and warmup >= 0")
     from ..testing.emulator_proc import EmulatorProcess
-    from ..testing.pcscd import PcscdEnv, die_with_parent_argv, skip_reason, stop_process
+    from ..testing.pcscd import PcscdEnv, skip_reason
+    from ..testing.process import Program
 
     reason = skip_reason()
     if reason is not None:
         raise RuntimeError(f"cannot measure the relay here: {reason}")
     workdir = Path(tempfile.mkdtemp(prefix="vsc-share-latency-"))
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def spawn(argv: list[str], log: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with (workdir / log).open("wb") as out:
-            process = subprocess.Popen(
-                [*die_with_parent_argv(), *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        processes.append(process)
-        return process
-
     try:
-        with ExitStack() as stack:
+        with ExitStack() as stack:  # every process stopped by its PID, the last started first
             local = stack.enter_context(PcscdEnv())
             remote = stack.enter_context(PcscdEnv(friendly_name="Remote PCD"))
             stack.enter_context(EmulatorProcess(local.vpcd_port(0)))
             local.wait_for_card(local.reader(0), timeout=_START_TIMEOUT)
             service_home, endpoint_home = _paired_homes(workdir)
             cli = [sys.executable, "-m", "vsc.cli", "share"]
-            spawn(
-                [*cli, "serve", "--home", str(service_home.path), "--listen", "127.0.0.1:0"],
-                "service.log",
-                local.env,
+            stack.enter_context(
+                Program(
+                    [*cli, "serve", "--home", str(service_home.path), "--listen", "127.0.0.1:0"],
+                    workdir / "service.log",
+                    local.env,
+                )
             )
             address = _wait_for_service(service_home, workdir / "service.log")
             # Direct first: an exclusive share keeps every other client off the local card.
             direct = _time_apdus(local, local.reader(0), command, apdus, warmup)
-            spawn(
-                [
-                    *cli, "attach", "Reader 1", "--home", str(endpoint_home.path),
-                    "--from", f"{address[0]}:{address[1]}", "--mode", mode.name.lower(),
-                    "--session", "latency", "--vpcd", f"127.0.0.1:{remote.vpcd_port(0)}",
-                ],
-                "endpoint.log",
-                dict(os.environ),
-            )  # fmt: skip
+            attach = [
+                *cli, "attach", "Reader 1", "--home", str(endpoint_home.path),
+                "--from", f"{address[0]}:{address[1]}", "--mode", mode.name.lower(),
+                "--session", "latency", "--vpcd", f"127.0.0.1:{remote.vpcd_port(0)}",
+            ]  # fmt: skip
+            stack.enter_context(Program(attach, workdir / "endpoint.log"))
             remote.wait_for_card(remote.reader(0), timeout=_START_TIMEOUT)
             relayed = _time_apdus(remote, remote.reader(0), command, apdus, warmup)
-            for process in reversed(processes):
-                stop_process(process, 5.0)
         return RelayLatency(mode, command, direct, relayed)
     finally:
-        for process in processes:
-            stop_process(process, 5.0)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -58,8 +58,20 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from .process import ChildProcess, HarnessError, HarnessTimeout
+
+__all__ = [
+    "FRIENDLY_NAME",
+    "HarnessError",
+    "HarnessTimeout",
+    "PcscdEnv",
+    "pick_vpcd_port",
+    "reader_name",
+    "skip_reason",
+    "unshare_argv",
+]
 
 FRIENDLY_NAME = "Virtual PCD"
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
@@ -86,14 +98,6 @@ if [ -d "$USB_DRIVER_DIR" ]; then
 fi
 exec "$PCSCD" "$@"
 """
-
-
-class HarnessError(RuntimeError):
-    """The test harness could not do what was asked; the message carries the logs."""
-
-
-class HarnessTimeout(HarnessError):
-    """A bounded wait ran out."""
 
 
 def reader_name(slot: int = 0, friendly_name: str = FRIENDLY_NAME) -> str:
@@ -196,7 +200,11 @@ class _ClientLink:
 _CLIENT_LINK = _ClientLink()
 
 
-class PcscdEnv:
+class _PortTaken(Exception):
+    """vpcd could not listen on its port: another process took it."""
+
+
+class PcscdEnv(ChildProcess):
     """A private pcscd with one vpcd entry; a context manager.
 
     ``port`` is slot 0's vpcd port (slot 1 is ``port + 1``); None picks a free
@@ -204,7 +212,10 @@ class PcscdEnv:
     ``user_namespace`` runs pcscd in a user namespace too (default: when not
     root). ``card_host`` selects reversed mode: vpcd connects to a card
     listening on ``card_host`` at ``port`` and ``port + 1`` (give ``port``).
+    ``pid`` is pcscd's, also the one to ``nsenter`` (:meth:`namespace_argv`).
     """
+
+    name = "pcscd"
 
     def __init__(
         self,
@@ -229,24 +240,10 @@ class PcscdEnv:
         self.run_dir = self.workdir / "run"
         self.conf_dir = self.workdir / "reader.conf.d"
         self.driver_dir = self.workdir / "driver"
-        self.log_path = self.workdir / "pcscd.log"
         self.socket_path = self.run_dir / "pcscd.comm"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._final_log: str | None = None
+        super().__init__(self.workdir / "pcscd.log")
 
     # -- lifecycle ---------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start pcscd and wait until both vpcd readers are listed.
@@ -271,8 +268,7 @@ class PcscdEnv:
                     return
                 if not self._auto_port or attempt == _START_ATTEMPTS:
                     raise HarnessError(f"vpcd port {self.port} is in use\n{self._describe()}")
-                stop_process(self._require_process(), _STOP_TIMEOUT)
-                self._process = None
+                self.stop_child(_STOP_TIMEOUT)
                 self.port = pick_vpcd_port()
         except BaseException:
             self.stop()
@@ -290,38 +286,33 @@ class PcscdEnv:
             "USB_DRIVER_DIR": str(USB_DRIVER_DIR),
             "PCSCD": shutil.which("pcscd") or "pcscd",
         }
-        with self.log_path.open("wb") as log:
-            # pcscd -f logs to stdout: a file, never a pipe that can fill and block it.
-            self._process = subprocess.Popen(
-                [*die_with_parent_argv(), *namespace, "sh", *pcscd_args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=script_env,
-                start_new_session=True,
-            )
+        # pcscd -f logs to stdout, which goes to the log file.
+        self.spawn([*namespace, "sh", *pcscd_args], env=script_env)
 
     def _wait_started(self) -> bool:
         """Wait for both readers; False if vpcd could not listen on its port."""
         wanted = self.reader(1)
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            process = self._require_process()
-            if process.poll() is not None:
-                raise HarnessError(f"pcscd exited with {process.returncode}\n{self._describe()}")
+
+        def listed() -> bool:
             if self.socket_path.exists() and wanted in self._readers_if_listening():
                 return True
-            log = self._read_log()
+            log = self.read_log()
             if "init failed" in log:  # pcscd could not add the vpcd reader
                 if "Address already in use" in log:
-                    return False
+                    raise _PortTaken
                 raise HarnessError(f"pcscd could not add the vpcd reader\n{self._describe()}")
-            if time.monotonic() > deadline:
-                raise HarnessTimeout(
-                    f"pcscd did not list {wanted!r} within {self.start_timeout} s\n"
-                    f"{self._describe()}"
-                )
-            time.sleep(0.02)
+            return False
+
+        try:
+            self.wait_until(
+                listed,
+                timeout=self.start_timeout,
+                what=f"pcscd did not list {wanted!r}",
+                describe=self._describe,
+            )
+        except _PortTaken:
+            return False
+        return True
 
     def _readers_if_listening(self) -> list[str]:
         # The socket file appears before pcscd accepts on it; on a loaded
@@ -347,40 +338,17 @@ class PcscdEnv:
         (self.conf_dir / "vpcd").write_text(entry)
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
-        """Stop pcscd by its PID (SIGTERM, then SIGKILL) and remove the work dir."""
-        process, self._process = self._process, None
-        if process is not None:
-            stop_process(process, timeout)
+        """Stop pcscd by its PID (SIGTERM, then SIGKILL) and remove the work dir (the log
+        stays in :meth:`log_text`)."""
+        self.stop_child(timeout)
         _CLIENT_LINK.release(self.socket_path)
-        if self._final_log is None:
-            self._final_log = self._read_log()
+        self.keep_log()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    @property
-    def pid(self) -> int:
-        """pcscd's PID (also the PID to ``nsenter``)."""
-        return self._require_process().pid
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def _require_process(self) -> subprocess.Popen[bytes]:
-        if self._process is None:
-            raise HarnessError("pcscd is not running")
-        return self._process
+    def close(self) -> None:
+        self.stop()
 
     # -- logs --------------------------------------------------------------
-
-    def _read_log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_text(self) -> str:
-        """pcscd's output so far (kept after :meth:`stop`)."""
-        return self._final_log if self._final_log is not None else self._read_log()
 
     def _describe(self) -> str:
         state = "running" if self.running else "not running"
@@ -422,7 +390,7 @@ class PcscdEnv:
         process group) and :class:`HarnessTimeout` raised with its output and
         pcscd's log. ``check`` raises :class:`HarnessError` on a non-zero exit.
         """
-        self._require_process()
+        self.require_process()
         command = self.namespace_argv(argv) if namespace else list(argv)
         # Inside the namespace the default socket path is the daemon's own.
         env = self.env
@@ -466,7 +434,7 @@ class PcscdEnv:
         Affects contexts opened from now on, so call it before the first
         pyscard call of the process and again to switch between instances.
         """
-        self._require_process()
+        self.require_process()
         _CLIENT_LINK.point_at(self.socket_path)
 
     @contextlib.contextmanager
@@ -504,18 +472,12 @@ class PcscdEnv:
     def wait_for_reader(self, reader: str | None = None, timeout: float = 5.0) -> None:
         """Wait until pcscd is up and lists ``reader`` (default: slot 0)."""
         wanted = self.reader(0) if reader is None else reader
-        deadline = time.monotonic() + timeout
-        while True:
-            process = self._require_process()
-            if process.poll() is not None:
-                raise HarnessError(f"pcscd exited with {process.returncode}\n{self._describe()}")
-            if self.socket_path.exists() and wanted in self.readers():
-                return
-            if time.monotonic() > deadline:
-                raise HarnessTimeout(
-                    f"reader {wanted!r} not listed after {timeout} s\n{self._describe()}"
-                )
-            time.sleep(0.02)
+        self.wait_until(
+            lambda: self.socket_path.exists() and wanted in self.readers(),
+            timeout=timeout,
+            what=f"reader {wanted!r} not listed",
+            describe=self._describe,
+        )
 
     def wait_for_card(
         self,
@@ -565,27 +527,3 @@ class PcscdEnv:
                 if not present and event & scard.SCARD_STATE_EMPTY:
                     return b""
                 known = event & ~scard.SCARD_STATE_CHANGED
-
-
-def die_with_parent_argv() -> list[str]:
-    """A command prefix that has the kernel SIGTERM the child when this process dies.
-
-    Keeps a killed test run (e.g. a pytest-timeout in thread mode) from
-    leaving daemons behind. ``setpriv`` sets it and execs, so the child's PID
-    stays the one Popen returns; no ``preexec_fn``, which is unsafe with
-    threads. The signal follows the spawning *thread*: start long-lived
-    processes from a thread that outlives them.
-    """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
-    """Stop one child by its PID: SIGTERM, wait, then SIGKILL."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)

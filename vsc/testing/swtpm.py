@@ -22,14 +22,10 @@ import importlib.util
 import random
 import shutil
 import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from .pcscd import HarnessError, HarnessTimeout, die_with_parent_argv, stop_process
+from .process import ChildProcess, HarnessError
 
 
 def swtpm_skip_reason() -> str | None:
@@ -41,8 +37,10 @@ def swtpm_skip_reason() -> str | None:
     return None
 
 
-class Swtpm:
+class Swtpm(ChildProcess):
     """One swtpm process; a context manager. ``tcti`` is what ``--tpm`` / ``VSC_TPM`` take."""
+
+    name = "swtpm"
 
     def __init__(
         self,
@@ -62,8 +60,7 @@ class Swtpm:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.socket_path = self.workdir / "tpm.sock"
         self.port: int | None = None
-        self.log_path = self.workdir / "swtpm.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(self.workdir / "swtpm.log")  # written by swtpm itself (--log)
 
     # -- properties -----------------------------------------------------------------------
 
@@ -75,41 +72,24 @@ class Swtpm:
             raise HarnessError("swtpm is not running")
         return f"swtpm:host=127.0.0.1,port={self.port}"
 
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise HarnessError("swtpm is not running")
-        return self._process.pid
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     # -- life cycle -----------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self) -> None:
         if self._process is not None:
             raise HarnessError("swtpm already started")
-        attempts = 1 if self.transport == "unix" else 5
+        attempts = 1 if self.transport == "unix" else 5  # a TCP port may be taken meanwhile
         for attempt in range(attempts):
-            self._spawn()
+            self.spawn(self._argv(), capture=False)
             try:
-                self._wait_ready()
+                self.wait_until(
+                    self._accepts,
+                    timeout=self.start_timeout,
+                    what="swtpm did not accept",
+                    interval=0.005,
+                )
                 return
             except HarnessError:
-                self._kill()
+                self.stop_child()
                 if attempt == attempts - 1:
                     raise
 
@@ -139,28 +119,6 @@ class Swtpm:
             f"file={self.log_path},level=1",
         ]
 
-    def _spawn(self) -> None:
-        self._process = subprocess.Popen(
-            [*die_with_parent_argv(), *self._argv()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            assert self._process is not None
-            status = self._process.poll()
-            if status is not None:
-                raise HarnessError(f"swtpm exited with {status}; log:\n{self.log_text()}")
-            if self._accepts():
-                return
-            if time.monotonic() > deadline:
-                raise HarnessTimeout(f"swtpm did not accept within {self.start_timeout} s")
-            time.sleep(0.005)
-
     def _accepts(self) -> bool:
         if self.transport == "unix":
             family, address = socket.AF_UNIX, str(self.socket_path)
@@ -186,14 +144,7 @@ class Swtpm:
             return None
         if self._process.poll() is None:
             self.shutdown_tpm()
-        return self._kill(timeout)
-
-    def _kill(self, timeout: float = 5.0) -> int | None:
-        process, self._process = self._process, None
-        if process is None:
-            return None
-        stop_process(process, timeout)
-        return process.returncode
+        return self.stop_child(timeout)
 
     def restart(self) -> None:
         """Stop cleanly and start again on the same state (a reboot of the machine's TPM)."""
@@ -205,14 +156,9 @@ class Swtpm:
         try:
             self.stop()
         finally:
-            self._kill()
+            self.stop_child()
+            self.keep_log()
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 def _free_port_pair() -> int:
