@@ -47,14 +47,13 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
 from applets.echo import EchoApplet
@@ -63,6 +62,8 @@ from applets.piv.security import SecurityState
 from vsc import Card, CommandApdu, command
 from vsc.applet import Response
 from vsc.sw import ApduError
+
+from .stateful import assert_the_model_catches, cla
 
 PIV_AID = bytes.fromhex("A000000308000010000100")
 ECHO_AID = bytes.fromhex("F07673630001")
@@ -121,11 +122,6 @@ def valid_pin_block(block: bytes) -> bool:
     """6 to 8 bytes, then FF padding only (SP 800-73-4 Part 2)."""
     body = block.rstrip(b"\xff")
     return 6 <= len(body) <= 8 and b"\xff" not in body
-
-
-def cla(channel: int, chaining: bool = False) -> int:
-    base = channel if channel < 4 else 0x40 | (channel - 4)
-    return base | (0x10 if chaining else 0)
 
 
 def ecb(alg: int, key: bytes, block: bytes, *, decrypt: bool = False) -> bytes:
@@ -885,17 +881,4 @@ def test_the_model_catches_a_broken_applet(broken: type[PivApplet]) -> None:
     class Machine(PivSecurityMachine):
         make_applet = staticmethod(lambda: broken(serial=24681357, profile=YUBIKEY_5_7))
 
-    # derandomize: the same generated programs every run, so whether the model
-    # catches each broken applet does not depend on luck.
-    quick = settings(
-        max_examples=500,
-        stateful_step_count=40,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        phases=[Phase.generate],
-        report_multiple_bugs=False,
-        suppress_health_check=list(HealthCheck),
-    )
-    with pytest.raises(AssertionError):
-        run_state_machine_as_test(Machine, settings=quick)
+    assert_the_model_catches(Machine, max_examples=500, steps=40)

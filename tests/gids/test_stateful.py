@@ -38,14 +38,13 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
 from applets.echo import EchoApplet
@@ -54,6 +53,8 @@ from applets.gids.host import initialize
 from applets.gids.security import Session as GidsSession
 from vsc import Card, CommandApdu
 from vsc.applet import Response
+
+from ..stateful import assert_the_model_catches, cla
 
 GIDS_AID = bytes.fromhex("A000000397425446590201")
 ECHO_AID = bytes.fromhex("F07673630001")
@@ -85,11 +86,6 @@ FILES = {
     0xA010: ("anyone", "user-or-admin"),
 }
 TAG = 0xDF30
-
-
-def cla(channel: int, chaining: bool = False) -> int:
-    base = channel if channel < 4 else 0x40 | (channel - 4)
-    return base | (0x10 if chaining else 0)
 
 
 def tdes_cbc(key: bytes, data: bytes, *, decrypt: bool = False) -> bytes:
@@ -614,18 +610,7 @@ def test_the_model_catches_a_broken_applet(broken: type[GidsApplet]) -> None:
     class Machine(GidsSecurityMachine):
         make_applet = staticmethod(lambda: broken(serial=27182818))
 
-    quick = settings(
-        max_examples=300,
-        stateful_step_count=30,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        phases=[Phase.generate],
-        report_multiple_bugs=False,
-        suppress_health_check=list(HealthCheck),
-    )
-    with pytest.raises(AssertionError):
-        run_state_machine_as_test(Machine, settings=quick)
+    assert_the_model_catches(Machine, max_examples=300, steps=30)
 
 
 class _FirstChannel:
