@@ -268,7 +268,7 @@ def test_an_unreachable_tpm_does_not_block_the_pin(tmp_path: Path, swtpm: Swtpm)
         swtpm.start()
     assert piv.sw(verify(PINS[0])) == 0x9000
     piv.close()
-    assert answers == [0x6581] * 4  # today: 6581, 6581, 6581, 6983 (blocked)
+    assert answers == [0x6581] * 4  # (once: 6581 thrice, then 6983: an outage blocked the PIN)
     assert status == 0x63C3
 
 
