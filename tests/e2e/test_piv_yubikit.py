@@ -192,10 +192,13 @@ class TestThroughPcscd(YubiKeyPivSuite):
         assert exported.returncode == 0, exported.stderr
         assert exported.stdout == data
 
+    # ykman lists only readers named as a YubiKey's USB reader: generated for USB only.
+    @pytest.mark.parametrize(
+        "served", [(YUBIKEY_5_4, TRANSPORT.USB)], ids=["5.4-usb"], indirect=True, scope="class"
+    )
     def test_ykman_device_serial(self, device: PcscdDevice) -> None:
         """With the readers named as a YubiKey's, ykman lists the keys, `--device` finds one."""
-        if device.transport != TRANSPORT.USB:
-            pytest.skip("ykman lists only readers named as a YubiKey's USB reader")
+        assert device.transport == TRANSPORT.USB
         device.close()
         out = device.ykman("list")
         for serial in (device.serial, device.serial + 1):
