@@ -291,6 +291,10 @@ class StoredKeyStore(KeyStore):
         return info
 
     def _forget(self, *slots: int) -> None:
+        """Drop the cached information of ``slots`` (of every slot when none is named)."""
+        if not slots:
+            self._infos.clear()
+            self._auths.clear()
         for slot in slots:
             self._infos.pop(slot, None)
             self._auths.pop(slot, None)
@@ -428,8 +432,7 @@ class StoredKeyStore(KeyStore):
 
     def pin_replaced(self, key_auth: bytes) -> None:
         """Every PIN-authorised (or pending) key changed to the new PIN's value."""
-        self._infos.clear()
-        self._auths.clear()
+        self._forget()
         for slot in self._pin_slots(KeyAuth.PIN, KeyAuth.PENDING):
             self._reauthorise(slot, key_auth)
 
@@ -451,8 +454,7 @@ class StoredKeyStore(KeyStore):
             self._card.put(_ATTESTATION_CERT, der)
 
     def reset(self) -> None:
-        self._infos.clear()
-        self._auths.clear()
+        self._forget()
         with self._card.transaction():  # all slots or none
             super().reset()
 
